@@ -1,0 +1,99 @@
+// The only file that knows about Python: converts arrays and arguments, releases the GIL around the
+// long loops, and maps C++ exceptions onto Python's (std::invalid_argument -> ValueError).
+#include <nanobind/nanobind.h>
+#include <nanobind/ndarray.h>
+#include <nanobind/stl/tuple.h>
+#include <nanobind/stl/vector.h>
+
+#include <cstdint>
+#include <vector>
+
+#include "engine.hpp"
+
+namespace nb = nanobind;
+using namespace nb::literals;
+
+namespace {
+
+// Parameters are copied into the engine, so an implicit conversion (from a list or float32) is fine.
+using InVec = nb::ndarray<const double, nb::ndim<1>, nb::c_contig, nb::device::cpu>;
+using InMat = nb::ndarray<const double, nb::ndim<2>, nb::c_contig, nb::device::cpu>;
+// Outputs are written in place: a silently converted copy would swallow the results, so these
+// arguments are bound with .noconvert() and must already be C-contiguous float64.
+using OutMat = nb::ndarray<double, nb::ndim<2>, nb::c_contig, nb::device::cpu>;
+
+std::vector<double> to_vector(const InVec& a) { return {a.data(), a.data() + a.shape(0)}; }
+
+mf::Engine make_engine(InVec log_s0, InVec mu, InVec v0, InVec kappa, InVec theta, InVec xi, InVec rho,
+                       InMat loadings, InVec idio, InMat factor_chol, InVec jump_lambda, InVec jump_mean,
+                       InVec jump_std, double dt, std::uint64_t seed, int scheme, int threads) {
+  if (scheme != 0 && scheme != 1) throw std::invalid_argument("scheme must be 0 (QE) or 1 (Euler)");
+  mf::ModelParams p;
+  p.n_assets = log_s0.shape(0);
+  p.n_factors = factor_chol.shape(0);
+  if (factor_chol.shape(1) != p.n_factors) throw std::invalid_argument("factor_chol must be square");
+  if (loadings.shape(0) != p.n_factors || loadings.shape(1) != p.n_assets)
+    throw std::invalid_argument("loadings must have shape (n_factors, n_assets)");
+  p.log_s0 = to_vector(log_s0);
+  p.mu = to_vector(mu);
+  p.v0 = to_vector(v0);
+  p.kappa = to_vector(kappa);
+  p.theta = to_vector(theta);
+  p.xi = to_vector(xi);
+  p.rho = to_vector(rho);
+  p.loadings.assign(loadings.data(), loadings.data() + loadings.size());
+  p.idio = to_vector(idio);
+  p.factor_chol.assign(factor_chol.data(), factor_chol.data() + factor_chol.size());
+  p.jump_lambda = to_vector(jump_lambda);
+  p.jump_mean = to_vector(jump_mean);
+  p.jump_std = to_vector(jump_std);
+  p.dt = dt;
+  p.seed = seed;
+  p.scheme = static_cast<mf::Scheme>(scheme);
+  return mf::Engine(std::move(p), threads);
+}
+
+void run(mf::Engine& e, std::size_t n, OutMat prices, OutMat variances, OutMat log_returns) {
+  const std::size_t rows = prices.shape(0), N = e.n_assets();
+  for (const OutMat* a : {&prices, &variances, &log_returns})
+    if (a->shape(0) != rows || a->shape(1) != N)
+      throw std::invalid_argument("output arrays must all have shape (rows, n_assets)");
+  e.run(n, prices.data(), variances.data(), log_returns.data(), rows);
+}
+
+}  // namespace
+
+NB_MODULE(_engine, m) {
+  m.doc() = "marketfeed's compiled simulation core (factor model + Heston/Bates). Use marketfeed.engine.";
+
+  nb::class_<mf::Engine>(m, "Engine")
+      .def(nb::new_(&make_engine), "log_s0"_a, "mu"_a, "v0"_a, "kappa"_a, "theta"_a, "xi"_a, "rho"_a,
+           "loadings"_a, "idio"_a, "factor_chol"_a, "jump_lambda"_a, "jump_mean"_a, "jump_std"_a, "dt"_a,
+           "seed"_a, "scheme"_a, "threads"_a = 1,
+           "Build an engine from validated per-asset arrays (see marketfeed.engine.Simulator).")
+      .def("run", &run, "n"_a, "prices"_a.noconvert(), "variances"_a.noconvert(),
+           "log_returns"_a.noconvert(), nb::call_guard<nb::gil_scoped_release>(),
+           "Advance n steps writing into (rows, n_assets) float64 arrays; rows is n (every step) or 1 "
+           "(final prices/variances, log-return over the n steps).")
+      .def("draw_only", &mf::Engine::draw_only, "n"_a, nb::call_guard<nb::gil_scoped_release>(),
+           "Draw the random numbers n steps would consume and discard them (benchmark floor).")
+      .def("state", [](const mf::Engine& e) {
+             return std::make_tuple(e.step_index(), e.log_prices(), e.variances(), e.factor_levels());
+           }, "Return (step, log_prices, variances, factor_levels).")
+      .def("set_state", &mf::Engine::set_state, "step"_a, "log_prices"_a, "variances"_a, "factor_levels"_a,
+           "Restore a state returned by state().")
+      .def_prop_rw("threads", &mf::Engine::threads, &mf::Engine::set_threads)
+      .def_prop_ro("n_assets", &mf::Engine::n_assets)
+      .def_prop_ro("n_factors", &mf::Engine::n_factors)
+      .def_prop_ro("step_index", &mf::Engine::step_index)
+      .def_prop_ro("dt", &mf::Engine::dt);
+
+  m.def("philox4x32_10", [](std::uint32_t c0, std::uint32_t c1, std::uint32_t c2, std::uint32_t c3,
+                            std::uint32_t k0, std::uint32_t k1) {
+          const mf::U32x4 r = mf::philox4x32_10({c0, c1, c2, c3}, k0, k1);
+          return std::make_tuple(r.v[0], r.v[1], r.v[2], r.v[3]);
+        }, "c0"_a, "c1"_a, "c2"_a, "c3"_a, "k0"_a, "k1"_a,
+        "One Philox4x32-10 block, exposed for known-answer tests.");
+  m.def("normal_from_bits", &mf::normal_from_bits, "bits"_a,
+        "The engine's uint32 -> standard normal transform (inverse CDF), exposed for tests.");
+}

@@ -1,0 +1,410 @@
+// The simulator: a multi-factor Gaussian model driving Heston (optionally Bates) dynamics per asset.
+//
+//   factor shocks   f_t = L z_t,  L L' = C                          (K correlated unit normals)
+//   price driver    W_i = a_i . f_t + s_i e_i,  a_i' C a_i + s_i^2 = 1  (so corr(W_i, W_j) = a_i' C a_j)
+//   variance shock  B_i = rho_i W_i + sqrt(1 - rho_i^2) p_i          (corr(W_i, B_i) = rho_i)
+//
+// and then either full-truncation Euler or Andersen's QE with martingale correction. For QE the
+// price needs a normal independent of the variance shock: Z_i = sqrt(1 - rho_i^2) W_i - rho_i p_i is
+// exactly that, and rho_i B_i + sqrt(1 - rho_i^2) Z_i gives back W_i, so both schemes see the same
+// factor-driven price shock. State is kept in structure-of-arrays form; every loop over assets is
+// branch-free and vectorised.
+#pragma once
+
+#include <algorithm>
+#include <cmath>
+#include <cstddef>
+#include <cstdint>
+#include <stdexcept>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "philox.hpp"
+#include "vmath.hpp"
+
+namespace mf {
+
+enum class Scheme : int { QE = 0, Euler = 1 };
+
+// Raw per-asset parameters as the Python layer hands them over (already validated there; the checks
+// here only guard the C++ invariants so that a direct caller cannot corrupt memory).
+struct ModelParams {
+  std::size_t n_assets = 0, n_factors = 0;
+  std::vector<double> log_s0, mu, v0, kappa, theta, xi, rho;
+  std::vector<double> loadings;      // K x N, factor-major: a_i for factor k at [k * N + i]
+  std::vector<double> idio;          // s_i
+  std::vector<double> factor_chol;   // K x K lower-triangular Cholesky factor of C, row-major
+  std::vector<double> jump_lambda, jump_mean, jump_std;  // ln(1 + J) ~ N(jump_mean, jump_std^2)
+  double dt = 0.0;
+  std::uint64_t seed = 0;
+  Scheme scheme = Scheme::QE;
+};
+
+// Counter layout of the generator: (index, step low, step high, stream).
+enum Stream : std::uint32_t { kAssetStream = 0, kFactorStream = 1 };
+
+class Engine {
+ public:
+  explicit Engine(ModelParams p, int threads = 1) : p_(std::move(p)) {
+    const std::size_t N = p_.n_assets, K = p_.n_factors;
+    auto need = [](const std::vector<double>& v, std::size_t n, const char* name) {
+      if (v.size() != n) throw std::invalid_argument(std::string(name) + ": wrong length");
+    };
+    for (auto* v : {&p_.log_s0, &p_.mu, &p_.v0, &p_.kappa, &p_.theta, &p_.xi, &p_.rho, &p_.idio,
+                    &p_.jump_lambda, &p_.jump_mean, &p_.jump_std})
+      need(*v, N, "per-asset parameter");
+    need(p_.loadings, K * N, "loadings");
+    need(p_.factor_chol, K * K, "factor_chol");
+    if (!(p_.dt > 0.0)) throw std::invalid_argument("dt must be > 0");
+    set_threads(threads);
+    precompute();
+    x_ = p_.log_s0;
+    v_ = p_.v0;
+    factor_level_.assign(K, 0.0);
+  }
+
+  std::size_t n_assets() const { return p_.n_assets; }
+  std::size_t n_factors() const { return p_.n_factors; }
+  std::uint64_t step_index() const { return step_; }
+  Scheme scheme() const { return p_.scheme; }
+  double dt() const { return p_.dt; }
+  int threads() const { return threads_; }
+  void set_threads(int threads) {
+    if (threads < 0) throw std::invalid_argument("threads must be >= 0 (0 = one per core)");
+    threads_ = threads == 0 ? static_cast<int>(std::max(1u, std::thread::hardware_concurrency())) : threads;
+  }
+
+  const std::vector<double>& log_prices() const { return x_; }
+  const std::vector<double>& variances() const { return v_; }
+  const std::vector<double>& factor_levels() const { return factor_level_; }
+
+  void set_state(std::uint64_t step, const std::vector<double>& x, const std::vector<double>& v,
+                 const std::vector<double>& f) {
+    if (x.size() != p_.n_assets || v.size() != p_.n_assets || f.size() != p_.n_factors)
+      throw std::invalid_argument("state arrays do not match the universe's shape");
+    step_ = step;
+    x_ = x;
+    v_ = v;
+    factor_level_ = f;
+  }
+
+  // Advance n steps. Output arrays are (rows x N), row-major. rows == n records every step;
+  // rows == 1 records only the final prices and variances and the log-return over all n steps.
+  void run(std::size_t n, double* prices, double* variances, double* log_returns, std::size_t rows) {
+    const std::size_t N = p_.n_assets, K = p_.n_factors;
+    if (n == 0) return;
+    if (rows != n && rows != 1) throw std::invalid_argument("output rows must be 1 or n");
+    // Factor shocks are shared by all assets: draw them once for the whole call, before threading.
+    std::vector<double> f(n * K, 0.0);
+    std::vector<double> z(K);
+    const double sqdt = std::sqrt(p_.dt);
+    for (std::size_t t = 0; t < n; ++t) {
+      const std::uint64_t step = step_ + t;
+      for (std::size_t k = 0; k < K; ++k) {
+        const U32x4 r = philox4x32_10({static_cast<std::uint32_t>(k), lo(step), hi(step), kFactorStream},
+                                      key0(), key1());
+        z[k] = normal_from_bits(r.v[0]);
+      }
+      for (std::size_t k = 0; k < K; ++k) {
+        double s = 0.0;
+        for (std::size_t j = 0; j <= k; ++j) s += p_.factor_chol[k * K + j] * z[j];
+        f[t * K + k] = s;
+        factor_level_[k] += sqdt * s;
+      }
+    }
+    const std::vector<double> x_start = rows == 1 ? x_ : std::vector<double>{};
+    auto work = [&](std::size_t begin, std::size_t end) {
+      Scratch s(std::min<std::size_t>(kBlock, end - begin));
+      for (std::size_t t = 0; t < n; ++t) {
+        const bool record = rows == n || t + 1 == n;
+        const std::size_t row = rows == n ? t : 0;
+        for (std::size_t b = begin; b < end; b += kBlock) {
+          const std::size_t e = std::min(end, b + kBlock);
+          if (rows == n) std::copy(x_.begin() + b, x_.begin() + e, s.x_prev.begin());
+          advance_block(b, e, step_ + t, &f[t * K], s);
+          if (record) write_block(b, e, prices + row * N, variances + row * N,
+                                  rows == n ? log_returns + row * N : nullptr, s);
+        }
+      }
+      if (rows == 1)
+        for (std::size_t i = begin; i < end; ++i) log_returns[i] = x_[i] - x_start[i];
+    };
+    parallel_over_assets(work);
+    step_ += n;
+  }
+
+  // The floor for the benchmark: generate exactly the random numbers that n steps consume (same
+  // generator, same transforms, same blocking and threading) and nothing else.
+  double draw_only(std::size_t n) {
+    std::vector<double> sums(static_cast<std::size_t>(threads_), 0.0);
+    const std::uint64_t first = step_;
+    auto work = [&](std::size_t begin, std::size_t end) {
+      Scratch s(std::min<std::size_t>(kBlock, end - begin));
+      double acc = 0.0;
+      for (std::size_t t = 0; t < n; ++t)
+        for (std::size_t b = begin; b < end; b += kBlock) {
+          const std::size_t e = std::min(end, b + kBlock);
+          draw_block(b, e, first + t, s);
+          acc += s.z_idio[0] + s.z_perp[e - b - 1];
+        }
+      sums[begin * sums.size() / std::max<std::size_t>(1, p_.n_assets)] += acc;
+    };
+    parallel_over_assets(work);
+    double total = 0.0;
+    for (double v : sums) total += v;
+    return total;
+  }
+
+ private:
+  static constexpr std::size_t kBlock = 512;  // assets per inner block: scratch stays in L1/L2
+
+  struct Scratch {
+    explicit Scratch(std::size_t n)
+        : z_idio(n), z_perp(n), u_jump(n), z_jump(n), w(n), x_prev(n) {}
+    std::vector<float> z_idio, z_perp;
+    std::vector<double> u_jump;
+    std::vector<float> z_jump;
+    std::vector<double> w;       // factor part of the price driver
+    std::vector<double> x_prev;  // log-prices before the step, for per-step returns
+  };
+
+  static std::uint32_t lo(std::uint64_t s) { return static_cast<std::uint32_t>(s); }
+  static std::uint32_t hi(std::uint64_t s) { return static_cast<std::uint32_t>(s >> 32); }
+  std::uint32_t key0() const { return static_cast<std::uint32_t>(p_.seed); }
+  std::uint32_t key1() const { return static_cast<std::uint32_t>(p_.seed >> 32); }
+
+  template <class F>
+  void parallel_over_assets(F&& work) {
+    const std::size_t N = p_.n_assets;
+    // Chunks are whole blocks so every thread runs the same vectorised loop shapes; which thread
+    // computes an asset never changes its random numbers (they are keyed by asset and step).
+    const std::size_t blocks = (N + kBlock - 1) / kBlock;
+    const std::size_t T = std::min<std::size_t>(static_cast<std::size_t>(threads_), std::max<std::size_t>(blocks, 1));
+    if (T <= 1) {
+      work(0, N);
+      return;
+    }
+    std::vector<std::thread> pool;
+    pool.reserve(T - 1);
+    auto bounds = [&](std::size_t j) { return std::min(N, (blocks * j / T) * kBlock); };
+    for (std::size_t j = 1; j < T; ++j) pool.emplace_back(work, bounds(j), bounds(j + 1));
+    work(bounds(0), bounds(1));
+    for (auto& th : pool) th.join();
+  }
+
+  void draw_block(std::size_t b, std::size_t e, std::uint64_t step, Scratch& s) const {
+    const std::uint32_t k0 = key0(), k1 = key1(), slo = lo(step), shi = hi(step);
+    float* zi = s.z_idio.data();
+    float* zp = s.z_perp.data();
+    double* uj = s.u_jump.data();
+    float* zj = s.z_jump.data();
+    const std::uint32_t base = static_cast<std::uint32_t>(b);
+    const std::size_t m = e - b;
+    if (jumps_) {
+#pragma omp simd
+      for (std::size_t j = 0; j < m; ++j) {
+        std::uint32_t r0, r1, r2, r3;
+        philox4x32_10(base + static_cast<std::uint32_t>(j), slo, shi, kAssetStream, k0, k1, r0, r1, r2, r3);
+        zi[j] = normal_from_bits(r0);
+        zp[j] = normal_from_bits(r1);
+        uj[j] = uniform_from_bits(r2);
+        zj[j] = normal_from_bits(r3);
+      }
+    } else {
+#pragma omp simd
+      for (std::size_t j = 0; j < m; ++j) {
+        std::uint32_t r0, r1, r2, r3;
+        philox4x32_10(base + static_cast<std::uint32_t>(j), slo, shi, kAssetStream, k0, k1, r0, r1, r2, r3);
+        zi[j] = normal_from_bits(r0);
+        zp[j] = normal_from_bits(r1);
+      }
+    }
+  }
+
+  void advance_block(std::size_t b, std::size_t e, std::uint64_t step, const double* f, Scratch& s) {
+    draw_block(b, e, step, s);
+    const std::size_t m = e - b, N = p_.n_assets, K = p_.n_factors;
+    double* w = s.w.data();
+    // Factor exposure a_i . f, accumulated factor by factor so each pass is a contiguous axpy.
+    std::fill(w, w + m, 0.0);
+    for (std::size_t k = 0; k < K; ++k) {
+      const double fk = f[k];
+      const double* a = &p_.loadings[k * N + b];
+#pragma omp simd
+      for (std::size_t j = 0; j < m; ++j) w[j] += a[j] * fk;
+    }
+    if (p_.scheme == Scheme::QE)
+      qe_block(b, m, s);
+    else
+      euler_block(b, m, s);
+    if (jumps_) jump_block(b, m, s);
+  }
+
+  void euler_block(std::size_t b, std::size_t m, Scratch& s) {
+    double* __restrict x = &x_[b];
+    double* __restrict v = &v_[b];
+    const double* w = s.w.data();
+    const float* zi = s.z_idio.data();
+    const float* zp = s.z_perp.data();
+    const double *idio = &p_.idio[b], *rho = &rho_[b], *rc = &rc_[b], *mu = &mudt_[b],
+                 *kap = &kdt_[b], *th = &p_.theta[b], *xi = &p_.xi[b];
+    const double dt = p_.dt;
+#pragma omp simd
+    for (std::size_t j = 0; j < m; ++j) {
+      const double ws = w[j] + idio[j] * static_cast<double>(zi[j]);
+      const double wv = rho[j] * ws + rc[j] * static_cast<double>(zp[j]);
+      const double vp = v[j] > 0.0 ? v[j] : 0.0;  // full truncation: v+ in drift and diffusion
+      const double sq = std::sqrt(vp * dt);
+      x[j] += mu[j] - 0.5 * vp * dt + sq * ws;
+      v[j] += kap[j] * (th[j] - vp) + xi[j] * sq * wv;
+    }
+  }
+
+  void qe_block(std::size_t b, std::size_t m, Scratch& s) {
+    double* __restrict x = &x_[b];
+    double* __restrict v = &v_[b];
+    const double* w = s.w.data();
+    const float* zi = s.z_idio.data();
+    const float* zp = s.z_perp.data();
+    const double *idio = &p_.idio[b], *rho = &rho_[b], *rc = &rc_[b], *mu = &mudt_[b], *th = &p_.theta[b],
+                 *E = &E_[b], *c1 = &c1_[b], *c2 = &c2_[b], *K2 = &K2_[b], *K3 = &K3_[b],
+                 *A = &A_[b];
+#pragma omp simd
+    for (std::size_t j = 0; j < m; ++j) {
+      const double ws = w[j] + idio[j] * static_cast<double>(zi[j]);
+      const double zv = rho[j] * ws + rc[j] * static_cast<double>(zp[j]);  // variance shock
+      const double zs = rc[j] * ws - rho[j] * static_cast<double>(zp[j]);  // independent of zv
+      const double v0 = v[j];
+      const double mm = th[j] + (v0 - th[j]) * E[j];
+      const double s2 = v0 * c1[j] + c2[j];
+      const double psi = s2 / (mm * mm);
+      const bool quadratic = psi <= 1.5;
+      // Quadratic branch (psi clamped so the unused lanes stay finite).
+      const double pq = psi < 1.5 ? psi : 1.5;
+      const double ti = 2.0 / pq;
+      const double b2 = ti - 1.0 + std::sqrt(ti) * std::sqrt(ti - 1.0);
+      const double a = mm / (1.0 + b2);
+      const double sb = std::sqrt(b2) + zv;
+      const double vq = a * sb * sb;
+      // Exponential branch: v' = 0 with probability p, else exponential tail; U = Phi(zv).
+      const double pe = psi > 1.5 ? psi : 1.5;
+      const double p = (pe - 1.0) / (pe + 1.0);
+      const double beta = (1.0 - p) / mm;
+      const double tail = normal_upper_tail(zv);  // 1 - U
+      const double ratio = (1.0 - p) / (tail > 1e-300 ? tail : 1e-300);
+      // Martingale correction (Andersen 2008, eq. 38-39): one log serves whichever branch is taken.
+      const double one_m_2Aa = 1.0 - 2.0 * A[j] * a;
+      const double mexp = p + beta * (1.0 - p) / (beta - A[j]);
+      const double larg = quadratic ? one_m_2Aa : mexp;
+      const double lg = vlog(larg > 1e-300 ? larg : 1e-300);
+      const double log_m = quadratic ? A[j] * b2 * a / one_m_2Aa - 0.5 * lg : lg;
+      const double ve = ratio > 1.0 ? vlog(ratio) / beta : 0.0;
+      const double v1 = quadratic ? vq : ve;
+      const double var_int = K3[j] * (v0 + v1);  // K3 == K4
+      // ln S' = ln S + mu dt + K0* + K1 v + K2 v' + sqrt(K3 v + K4 v') Z, K0* = -ln M - (K1 + K3/2) v.
+      x[j] += mu[j] - log_m - 0.5 * K3[j] * v0 + K2[j] * v1 + std::sqrt(var_int > 0.0 ? var_int : 0.0) * zs;
+      v[j] = v1;
+    }
+  }
+
+  void jump_block(std::size_t b, std::size_t m, Scratch& s) {
+    double* __restrict x = &x_[b];
+    const double* uj = s.u_jump.data();
+    const float* zj = s.z_jump.data();
+    const double *ldt = &ldt_[b], *emd = &exp_mldt_[b], *jm = &p_.jump_mean[b], *js = &p_.jump_std[b],
+                 *comp = &jump_comp_[b];
+    const int kmax = jump_kmax_;
+#pragma omp simd
+    for (std::size_t j = 0; j < m; ++j) {
+      // Poisson(lambda dt) by inversion, unrolled to a fixed depth so every lane runs the same code.
+      double pk = emd[j], cdf = pk, count = 0.0;
+      for (int k = 1; k <= kmax; ++k) {
+        count += uj[j] > cdf ? 1.0 : 0.0;
+        pk *= ldt[j] / static_cast<double>(k);
+        cdf += pk;
+      }
+      x[j] += count * jm[j] + js[j] * std::sqrt(count) * static_cast<double>(zj[j]) - comp[j];
+    }
+  }
+
+  // Prices and the reported variance (max(v, 0): full truncation lets the state itself dip below 0);
+  // per-step log-returns when the caller records every step.
+  void write_block(std::size_t b, std::size_t e, double* prices, double* variances, double* log_returns,
+                   const Scratch& s) const {
+    const double* x = &x_[b];
+    const double* v = &v_[b];
+    const double* xp = s.x_prev.data();
+    const std::size_t m = e - b;
+    prices += b;
+    variances += b;
+#pragma omp simd
+    for (std::size_t j = 0; j < m; ++j) {
+      prices[j] = vexp(x[j]);
+      variances[j] = v[j] > 0.0 ? v[j] : 0.0;
+    }
+    if (log_returns) {
+      log_returns += b;
+#pragma omp simd
+      for (std::size_t j = 0; j < m; ++j) log_returns[j] = x[j] - xp[j];
+    }
+  }
+
+  void precompute() {
+    const std::size_t N = p_.n_assets;
+    const double dt = p_.dt;
+    auto alloc = [N](std::vector<double>& v) { v.assign(N, 0.0); };
+    for (auto* v : {&rho_, &rc_, &mudt_, &kdt_, &E_, &c1_, &c2_, &K2_, &K3_, &A_, &ldt_, &exp_mldt_,
+                    &jump_comp_})
+      alloc(*v);
+    jumps_ = false;
+    double max_ldt = 0.0;
+    for (std::size_t i = 0; i < N; ++i) {
+      const double k = p_.kappa[i], th = p_.theta[i], xi = p_.xi[i], r = p_.rho[i];
+      rho_[i] = r;
+      rc_[i] = std::sqrt(std::max(0.0, 1.0 - r * r));
+      mudt_[i] = p_.mu[i] * dt;
+      kdt_[i] = k * dt;
+      const double E = std::exp(-k * dt);
+      E_[i] = E;
+      c1_[i] = xi * xi * E * (1.0 - E) / k;
+      c2_[i] = th * xi * xi * (1.0 - E) * (1.0 - E) / (2.0 * k);
+      const double g = 0.5 * dt * (k * r / xi - 0.5);
+      // K1 = g - rho/xi cancels against the martingale-corrected K0*, so only K2..K4 are kept.
+      K2_[i] = g + r / xi;
+      K3_[i] = 0.5 * dt * (1.0 - r * r);
+      A_[i] = K2_[i] + 0.5 * K3_[i];
+      const double lam = p_.jump_lambda[i];
+      ldt_[i] = lam * dt;
+      exp_mldt_[i] = std::exp(-lam * dt);
+      const double mbar = std::exp(p_.jump_mean[i] + 0.5 * p_.jump_std[i] * p_.jump_std[i]) - 1.0;
+      jump_comp_[i] = lam * mbar * dt;
+      if (lam > 0.0) jumps_ = true;
+      max_ldt = std::max(max_ldt, lam * dt);
+    }
+    // Depth of the unrolled Poisson inversion: the probability of more jumps than this in one step
+    // is below 1e-15 for every asset.
+    jump_kmax_ = 0;
+    if (jumps_) {
+      double pk = std::exp(-max_ldt), cdf = pk;
+      int k = 0;
+      while (1.0 - cdf > 1e-15 && k < 200) {
+        ++k;
+        pk *= max_ldt / k;
+        cdf += pk;
+      }
+      jump_kmax_ = k + 1;
+    }
+  }
+
+  ModelParams p_;
+  int threads_ = 1;
+  std::uint64_t step_ = 0;
+  std::vector<double> x_, v_, factor_level_;
+  // Per-asset constants derived from the parameters and dt.
+  std::vector<double> rho_, rc_, mudt_, kdt_, E_, c1_, c2_, K2_, K3_, A_, ldt_, exp_mldt_, jump_comp_;
+  bool jumps_ = false;
+  int jump_kmax_ = 0;
+};
+
+}  // namespace mf

@@ -1,0 +1,436 @@
+"""The simulation engine's Python face: a typed universe, validation, and the `Simulator`.
+
+The maths lives in C++ (`marketfeed._engine`); this module turns a readable configuration into the
+arrays the kernel wants, checks every parameter with a message that names it, and hands results back
+as NumPy arrays the kernel wrote into directly.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import warnings
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from enum import Enum
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from marketfeed import _engine
+
+FloatArray = npt.NDArray[np.float64]
+
+#: Seconds in a simulated year: time in the models is in years (volatilities are annualised) and the
+#: market is open around the clock by default.
+SECONDS_PER_YEAR = 365.0 * 24.0 * 3600.0
+
+
+class Scheme(str, Enum):
+    """Discretisation of the Heston variance."""
+
+    QE = "qe"  #: Andersen's quadratic-exponential scheme with martingale correction (default).
+    EULER = "euler"  #: Full-truncation Euler (Lord, Koekkoek and van Dijk): cheap, biased at large dt.
+
+
+class FellerConditionWarning(UserWarning):
+    """2 kappa theta < xi^2: the variance can touch zero. Allowed (real markets calibrate there)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Asset:
+    """One simulated instrument: Heston parameters, factor betas and optional Merton jumps."""
+
+    symbol: str
+    s0: float  #: initial price
+    mu: float  #: drift per year: E[S_t] = S_0 exp(mu t)
+    v0: float  #: initial variance (annualised; volatility = sqrt(v))
+    kappa: float  #: mean-reversion speed of the variance
+    theta: float  #: long-run variance
+    xi: float  #: volatility of variance
+    rho: float  #: correlation between the price driver and the variance shock (leverage when < 0)
+    betas: tuple[float, ...]  #: exposure to each market factor
+    idio_vol: float  #: weight of the idiosyncratic shock, in the same units as the betas
+    name: str = ""
+    sector: str = ""
+    jump_intensity: float = 0.0  #: jumps per year (Bates); used only when the simulator enables jumps
+    jump_mean: float = 0.0  #: mean of ln(1 + J)
+    jump_std: float = 0.0  #: standard deviation of ln(1 + J)
+
+    @property
+    def feller(self) -> bool:
+        """Whether 2 kappa theta >= xi^2 (the variance then stays strictly positive)."""
+        return 2.0 * self.kappa * self.theta >= self.xi * self.xi
+
+
+@dataclass(frozen=True, slots=True)
+class Universe:
+    """Market factors with their correlation matrix, and the assets that load on them."""
+
+    factors: tuple[str, ...]
+    correlation: tuple[tuple[float, ...], ...]
+    assets: tuple[Asset, ...]
+
+    @property
+    def symbols(self) -> list[str]:
+        return [a.symbol for a in self.assets]
+
+    def __getitem__(self, symbol: str) -> Asset:
+        for a in self.assets:
+            if a.symbol == symbol:
+                return a
+        raise KeyError(symbol)
+
+    @classmethod
+    def default(cls) -> Universe:
+        """Twenty fictitious symbols across six sectors, four factors (market, growth, value, energy)."""
+        return _default_universe()
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Universe:
+        """Build from the JSON shape `to_dict` produces; missing keys raise ValueError naming them."""
+        try:
+            factors = tuple(str(f) for f in data["factors"])
+            corr = tuple(tuple(float(x) for x in row) for row in data["correlation"])
+            assets = tuple(
+                Asset(**{**a, "betas": tuple(float(b) for b in a["betas"])}) for a in data["assets"]
+            )
+        except (KeyError, TypeError) as exc:
+            raise ValueError(f"invalid universe definition: {exc}") from exc
+        return cls(factors=factors, correlation=corr, assets=assets)
+
+    @classmethod
+    def from_json(cls, path: str | Path) -> Universe:
+        try:
+            data = json.loads(Path(path).read_text())
+        except (OSError, json.JSONDecodeError) as exc:
+            raise ValueError(f"cannot read universe file {path}: {exc}") from exc
+        return cls.from_dict(data)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "factors": list(self.factors),
+            "correlation": [list(r) for r in self.correlation],
+            "assets": [{**asdict(a), "betas": list(a.betas)} for a in self.assets],
+        }
+
+    def correlation_matrix(self) -> FloatArray:
+        return np.array(self.correlation, dtype=np.float64).reshape(len(self.factors), len(self.factors))
+
+    def driver_loadings(self) -> tuple[FloatArray, FloatArray]:
+        """Betas and idiosyncratic weights scaled so each asset's price driver has unit variance."""
+        betas = np.array([a.betas for a in self.assets], dtype=np.float64).reshape(
+            len(self.assets), len(self.factors)
+        )
+        idio = np.array([a.idio_vol for a in self.assets], dtype=np.float64)
+        c = self.correlation_matrix()
+        total = np.einsum("ik,kl,il->i", betas, c, betas) + idio**2
+        scale = 1.0 / np.sqrt(total)
+        return betas * scale[:, None], idio * scale
+
+    def implied_correlation(self) -> FloatArray:
+        """corr(W_i, W_j) of the price drivers, the factor model's cross-asset correlation."""
+        a, s = self.driver_loadings()
+        out: FloatArray = a @ self.correlation_matrix() @ a.T
+        np.fill_diagonal(out, 1.0)
+        return out
+
+    def validate(self) -> None:
+        """Raise ValueError naming the first bad parameter; warn on Feller violations."""
+        k = len(self.factors)
+        if k == 0:
+            raise ValueError("factors: at least one market factor is required")
+        if not self.assets:
+            raise ValueError("assets: the universe is empty")
+        if len(self.correlation) != k or any(len(r) != k for r in self.correlation):
+            raise ValueError(f"correlation: must be a {k}x{k} matrix (one row and column per factor)")
+        c = self.correlation_matrix()
+        if not np.all(np.isfinite(c)):
+            raise ValueError("correlation: entries must be finite")
+        if not np.allclose(c, c.T, atol=1e-12):
+            raise ValueError("correlation: must be symmetric")
+        if not np.allclose(np.diag(c), 1.0, atol=1e-12):
+            raise ValueError("correlation: diagonal entries must be 1")
+        if np.any(np.abs(c) > 1.0 + 1e-12):
+            raise ValueError("correlation: entries must lie in [-1, 1]")
+        if float(np.linalg.eigvalsh(c).min()) < -1e-10:
+            raise ValueError("correlation: must be positive semi-definite")
+        seen: set[str] = set()
+        for a in self.assets:
+            _validate_asset(a, k)
+            if a.symbol in seen:
+                raise ValueError(f"symbol: {a.symbol!r} appears twice")
+            seen.add(a.symbol)
+        for a in self.assets:
+            if not a.feller:
+                warnings.warn(
+                    f"{a.symbol}: Feller condition 2*kappa*theta >= xi^2 violated "
+                    f"({2 * a.kappa * a.theta:.4g} < {a.xi**2:.4g}); the variance can reach zero",
+                    FellerConditionWarning,
+                    stacklevel=3,
+                )
+
+
+def _validate_asset(a: Asset, n_factors: int) -> None:
+    def bad(name: str, rule: str, value: object) -> ValueError:
+        return ValueError(f"{a.symbol}: {name} must be {rule} (got {value!r})")
+
+    if not a.symbol or not a.symbol.replace(".", "").replace("-", "").replace("_", "").isalnum():
+        raise ValueError(f"symbol: {a.symbol!r} must be non-empty letters, digits, '.', '-' or '_'")
+    for name in ("s0", "v0", "kappa", "theta", "xi"):
+        value = getattr(a, name)
+        if not (math.isfinite(value) and value > 0):
+            raise bad(name, "> 0", value)
+    for name in ("mu", "jump_mean"):
+        value = getattr(a, name)
+        if not math.isfinite(value):
+            raise bad(name, "finite", value)
+    if not (math.isfinite(a.rho) and abs(a.rho) <= 1.0):
+        raise bad("rho", "in [-1, 1]", a.rho)
+    if len(a.betas) != n_factors:
+        raise bad("betas", f"{n_factors} values, one per factor", a.betas)
+    if not all(math.isfinite(b) for b in a.betas):
+        raise bad("betas", "finite", a.betas)
+    if not (math.isfinite(a.idio_vol) and a.idio_vol >= 0):
+        raise bad("idio_vol", ">= 0", a.idio_vol)
+    if a.idio_vol == 0 and not any(a.betas):
+        raise bad("betas/idio_vol", "not all zero (the price driver needs some variance)", a.betas)
+    for name in ("jump_intensity", "jump_std"):
+        value = getattr(a, name)
+        if not (math.isfinite(value) and value >= 0):
+            raise bad(name, ">= 0", value)
+
+
+@dataclass(frozen=True, slots=True)
+class Step:
+    """The state after `Simulator.step(n)`: arrays of shape (n_assets,)."""
+
+    step: int  #: index of the next step to be simulated (steps taken so far)
+    prices: FloatArray
+    variances: FloatArray
+    log_returns: FloatArray  #: ln(S_after / S_before) over the n steps
+
+
+@dataclass(frozen=True, slots=True)
+class Paths:
+    """`Simulator.paths(n)`: arrays of shape (n, n_assets), one row per step."""
+
+    prices: FloatArray
+    variances: FloatArray
+    log_returns: FloatArray
+
+
+@dataclass(frozen=True, slots=True)
+class SimulatorState:
+    """Everything needed to continue a path exactly where it stopped (JSON-serialisable)."""
+
+    step: int
+    log_prices: list[float]
+    variances: list[float]
+    factor_levels: list[float]
+    seed: int
+    scheme: str
+    dt: float
+    symbols: list[str] = field(default_factory=list)
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self))
+
+    @classmethod
+    def from_json(cls, text: str) -> SimulatorState:
+        try:
+            return cls(**json.loads(text))
+        except (TypeError, json.JSONDecodeError) as exc:
+            raise ValueError(f"invalid simulator state: {exc}") from exc
+
+
+class Simulator:
+    """Simulates every asset of a universe at once, reproducibly from a seed.
+
+    Random numbers are keyed by (seed, asset, step), so the same seed gives the same bits whatever
+    the chunking of `step`/`paths` calls and whatever the thread count.
+    """
+
+    def __init__(
+        self,
+        universe: Universe | None = None,
+        *,
+        dt: float = 1.0 / SECONDS_PER_YEAR,
+        seed: int = 0,
+        scheme: Scheme | str = Scheme.QE,
+        jumps: bool = False,
+        threads: int = 1,
+    ) -> None:
+        self.universe = universe if universe is not None else Universe.default()
+        if not (isinstance(dt, int | float) and math.isfinite(dt) and dt > 0):
+            raise ValueError(f"dt must be > 0 (got {dt!r})")
+        if not isinstance(seed, int) or not 0 <= seed < 2**64:
+            raise ValueError(f"seed must be an integer in [0, 2**64) (got {seed!r})")
+        if isinstance(threads, bool) or not isinstance(threads, int) or threads < 0:
+            raise ValueError(f"threads must be an integer >= 0, 0 meaning one per core (got {threads!r})")
+        try:
+            self.scheme = Scheme(scheme)
+        except ValueError:
+            raise ValueError(f"scheme must be one of {[s.value for s in Scheme]} (got {scheme!r})") from None
+        self.universe.validate()
+        self.dt = float(dt)
+        self.seed = seed
+        self.jumps = jumps
+        u = self.universe
+        col = lambda name: np.array([getattr(a, name) for a in u.assets], dtype=np.float64)  # noqa: E731
+        loadings, idio = u.driver_loadings()
+        chol = np.linalg.cholesky(u.correlation_matrix() + 1e-14 * np.eye(len(u.factors)))
+        zero = np.zeros(len(u.assets))
+        self._engine = _engine.Engine(
+            log_s0=np.log(col("s0")),
+            mu=col("mu"),
+            v0=col("v0"),
+            kappa=col("kappa"),
+            theta=col("theta"),
+            xi=col("xi"),
+            rho=col("rho"),
+            loadings=np.ascontiguousarray(loadings.T),
+            idio=idio,
+            factor_chol=np.ascontiguousarray(chol),
+            jump_lambda=col("jump_intensity") if jumps else zero,
+            jump_mean=col("jump_mean") if jumps else zero,
+            jump_std=col("jump_std") if jumps else zero,
+            dt=self.dt,
+            seed=seed,
+            scheme=0 if self.scheme is Scheme.QE else 1,
+            threads=threads,
+        )
+
+    @property
+    def symbols(self) -> list[str]:
+        return self.universe.symbols
+
+    @property
+    def n_assets(self) -> int:
+        return len(self.universe.assets)
+
+    @property
+    def step_index(self) -> int:
+        """Steps simulated so far (the index of the next step)."""
+        return int(self._engine.step_index)
+
+    @property
+    def threads(self) -> int:
+        return int(self._engine.threads)
+
+    @threads.setter
+    def threads(self, value: int) -> None:
+        self._engine.threads = value
+
+    @property
+    def prices(self) -> FloatArray:
+        return np.exp(np.array(self._engine.state()[1]))
+
+    @property
+    def variances(self) -> FloatArray:
+        return np.maximum(np.array(self._engine.state()[2]), 0.0)
+
+    def step(self, n: int = 1) -> Step:
+        """Advance n steps; return the final prices and variances and the log-return over the n steps."""
+        _check_count(n)
+        out = np.empty((3, 1, self.n_assets))
+        self._engine.run(n, out[0], out[1], out[2])
+        return Step(step=self.step_index, prices=out[0, 0], variances=out[1, 0], log_returns=out[2, 0])
+
+    def paths(self, n: int) -> Paths:
+        """Advance n steps recording every one: arrays of shape (n, n_assets)."""
+        _check_count(n)
+        out = np.empty((3, n, self.n_assets))
+        self._engine.run(n, out[0], out[1], out[2])
+        return Paths(prices=out[0], variances=out[1], log_returns=out[2])
+
+    def state(self) -> SimulatorState:
+        step, x, v, f = self._engine.state()
+        return SimulatorState(
+            step=int(step),
+            log_prices=list(x),
+            variances=list(v),
+            factor_levels=list(f),
+            seed=self.seed,
+            scheme=self.scheme.value,
+            dt=self.dt,
+            symbols=self.symbols,
+        )
+
+    def restore(self, state: SimulatorState) -> None:
+        """Continue from a saved state. The universe, seed, scheme and dt must be the same."""
+        if state.symbols and state.symbols != self.symbols:
+            raise ValueError("state: its symbols differ from this simulator's universe")
+        if (state.seed, state.scheme, state.dt) != (self.seed, self.scheme.value, self.dt):
+            raise ValueError("state: seed, scheme and dt must match the simulator's")
+        if len(state.log_prices) != self.n_assets or len(state.variances) != self.n_assets:
+            raise ValueError("state: one log-price and one variance per asset are required")
+        self._engine.set_state(state.step, state.log_prices, state.variances, state.factor_levels)
+
+    def draw_only(self, n: int) -> float:
+        """Draw the random numbers n steps would use, and nothing else (the benchmark's floor)."""
+        _check_count(n)
+        return float(self._engine.draw_only(n))
+
+
+def _check_count(n: int) -> None:
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise ValueError(f"n must be a positive integer (got {n!r})")
+
+
+def _default_universe() -> Universe:
+    # Factors: broad market, growth (tech tilt), value (financials/industrials tilt), energy.
+    factors = ("market", "growth", "value", "energy")
+    corr = (
+        (1.0, 0.3, 0.2, 0.25),
+        (0.3, 1.0, -0.4, -0.1),
+        (0.2, -0.4, 1.0, 0.3),
+        (0.25, -0.1, 0.3, 1.0),
+    )
+    # (symbol, name, sector, s0, mu, vol, kappa, xi, rho, betas, idio, jump intensity/mean/std)
+    rows: list[tuple[str, str, str, float, float, float, float, float, float, tuple[float, ...], float]] = [
+        ("NOVA", "Nova Systems", "Technology", 182.40, 0.10, 0.32, 3.0, 0.55, -0.70, (1.1, 0.8, -0.2, 0.0), 0.5),
+        ("QBIT", "Qubit Labs", "Technology", 64.15, 0.14, 0.48, 2.5, 0.80, -0.60, (1.3, 1.1, -0.3, 0.0), 0.8),
+        ("CHIP", "Chipworks", "Technology", 412.90, 0.12, 0.38, 3.0, 0.65, -0.65, (1.2, 0.9, -0.1, 0.1), 0.6),
+        ("CLDX", "Cloudex", "Technology", 95.30, 0.11, 0.35, 3.0, 0.60, -0.65, (1.1, 1.0, -0.2, 0.0), 0.6),
+        ("BNKR", "Bankers Trust Co", "Financials", 48.72, 0.07, 0.26, 4.0, 0.45, -0.75, (1.0, -0.2, 0.9, 0.1), 0.5),
+        ("INSR", "Insurex", "Financials", 121.05, 0.06, 0.22, 4.0, 0.40, -0.70, (0.8, -0.2, 0.7, 0.0), 0.5),
+        ("PYMT", "Paymentum", "Financials", 233.60, 0.09, 0.28, 3.5, 0.50, -0.70, (1.0, 0.4, 0.4, 0.0), 0.5),
+        ("OILX", "Oilex Energy", "Energy", 78.44, 0.05, 0.34, 2.0, 0.55, -0.50, (0.9, -0.3, 0.4, 1.2), 0.6),
+        ("GASP", "Gasport", "Energy", 33.10, 0.05, 0.38, 2.0, 0.60, -0.45, (0.8, -0.3, 0.3, 1.3), 0.7),
+        ("SOLR", "Solaria", "Energy", 21.87, 0.08, 0.52, 2.5, 0.85, -0.55, (1.2, 0.7, -0.2, 0.4), 0.9),
+        ("MEDI", "Medicor", "Healthcare", 156.20, 0.07, 0.21, 4.0, 0.40, -0.60, (0.7, 0.1, 0.1, 0.0), 0.5),
+        ("GENE", "Genexa Bio", "Healthcare", 42.66, 0.10, 0.45, 2.5, 0.75, -0.50, (1.0, 0.6, -0.2, 0.0), 1.0),
+        ("PHRM", "Pharmagen", "Healthcare", 88.90, 0.06, 0.20, 4.0, 0.38, -0.60, (0.6, 0.0, 0.2, 0.0), 0.5),
+        ("SHOP", "Shopwell", "Consumer", 67.35, 0.08, 0.27, 3.5, 0.48, -0.70, (1.0, 0.3, 0.1, 0.0), 0.6),
+        ("BRWY", "Brewery Group", "Consumer", 54.10, 0.05, 0.19, 4.0, 0.35, -0.60, (0.6, -0.1, 0.3, 0.0), 0.5),
+        ("AUTO", "Autonomo Motors", "Consumer", 244.80, 0.12, 0.55, 2.5, 0.90, -0.55, (1.4, 1.0, -0.3, 0.2), 0.9),
+        ("RAIL", "Railco", "Industrials", 139.50, 0.06, 0.23, 4.0, 0.42, -0.70, (0.9, -0.1, 0.6, 0.2), 0.5),
+        ("AERO", "Aerodyne", "Industrials", 198.75, 0.07, 0.29, 3.5, 0.50, -0.70, (1.0, 0.1, 0.5, 0.2), 0.6),
+        ("STEL", "Steelmark", "Industrials", 27.40, 0.05, 0.33, 3.0, 0.55, -0.60, (1.1, -0.2, 0.7, 0.5), 0.7),
+        ("UTIL", "Utilico", "Utilities", 71.20, 0.04, 0.16, 5.0, 0.30, -0.50, (0.5, -0.2, 0.3, 0.2), 0.4),
+    ]
+    assets = tuple(
+        Asset(
+            symbol=sym,
+            name=name,
+            sector=sector,
+            s0=s0,
+            mu=mu,
+            v0=vol * vol,
+            theta=vol * vol,
+            kappa=kappa,
+            xi=xi,
+            rho=rho,
+            betas=betas,
+            idio_vol=idio,
+            # Rare downward jumps, more often for the volatile names.
+            jump_intensity=round(2.0 * vol / 0.3, 2),
+            jump_mean=-0.03,
+            jump_std=0.05,
+        )
+        for sym, name, sector, s0, mu, vol, kappa, xi, rho, betas, idio in rows
+    )
+    return Universe(factors=factors, correlation=corr, assets=assets)
