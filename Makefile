@@ -1,0 +1,49 @@
+# The two commands the README leads with:
+#   make run   - set up a virtualenv, build the C++ engine, start the server on embedded defaults
+#   make test  - set up everything the tests need (Python packages, engine, services) and run them all
+#
+# Everything lands in .venv/ and build/; `make clean` removes both.
+
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+# Re-install (and so rebuild the engine) whenever the package definition or the C++ sources change.
+ENGINE_INPUTS := pyproject.toml CMakeLists.txt $(wildcard csrc/*.hpp csrc/*.cpp)
+
+.PHONY: run test setup setup-dev lint typecheck pytest bench clean
+
+run: setup
+	$(BIN)/marketfeed serve
+
+test: setup-dev lint typecheck pytest
+
+setup: $(VENV)/.installed
+setup-dev: $(VENV)/.installed-dev
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip==26.3
+
+$(VENV)/.installed: $(BIN)/python $(ENGINE_INPUTS)
+	$(BIN)/pip install --quiet -e .
+	touch $@
+
+$(VENV)/.installed-dev: $(BIN)/python $(ENGINE_INPUTS)
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $@ $(VENV)/.installed
+
+lint: setup-dev
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+typecheck: setup-dev
+	$(BIN)/mypy
+
+pytest: setup-dev
+	$(BIN)/pytest
+
+bench: setup-dev
+	$(BIN)/python bench/engine.py
+
+clean:
+	rm -rf $(VENV) build
