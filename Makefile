@@ -10,6 +10,10 @@ BIN    := $(VENV)/bin
 # Re-install (and so rebuild the engine) whenever the package definition or the C++ sources change.
 ENGINE_INPUTS := pyproject.toml CMakeLists.txt $(wildcard csrc/*.hpp csrc/*.cpp)
 
+# The editable install serves Python files from the source tree, so mypy reads the package there: put
+# the engine's generated stub (and py.typed) beside them. Both are git-ignored build products.
+STUBS = cp build/*/_engine.pyi build/*/py.typed marketfeed/
+
 .PHONY: run test setup setup-dev lint typecheck pytest bench clean
 
 run: setup
@@ -26,10 +30,12 @@ $(BIN)/python:
 
 $(VENV)/.installed: $(BIN)/python $(ENGINE_INPUTS)
 	$(BIN)/pip install --quiet -e .
+	$(STUBS)
 	touch $@
 
 $(VENV)/.installed-dev: $(BIN)/python $(ENGINE_INPUTS)
 	$(BIN)/pip install --quiet -e '.[dev]'
+	$(STUBS)
 	touch $@ $(VENV)/.installed
 
 lint: setup-dev

@@ -10,9 +10,9 @@ from __future__ import annotations
 import json
 import math
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
-from enum import Enum
+from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +28,7 @@ FloatArray = npt.NDArray[np.float64]
 SECONDS_PER_YEAR = 365.0 * 24.0 * 3600.0
 
 
-class Scheme(str, Enum):
+class Scheme(StrEnum):
     """Discretisation of the Heston variance."""
 
     QE = "qe"  #: Andersen's quadratic-exponential scheme with martingale correction (default).
@@ -132,7 +132,7 @@ class Universe:
 
     def implied_correlation(self) -> FloatArray:
         """corr(W_i, W_j) of the price drivers, the factor model's cross-asset correlation."""
-        a, s = self.driver_loadings()
+        a, _ = self.driver_loadings()
         out: FloatArray = a @ self.correlation_matrix() @ a.T
         np.fill_diagonal(out, 1.0)
         return out
@@ -279,7 +279,10 @@ class Simulator:
         self.seed = seed
         self.jumps = jumps
         u = self.universe
-        col = lambda name: np.array([getattr(a, name) for a in u.assets], dtype=np.float64)  # noqa: E731
+
+        def col(name: str) -> FloatArray:
+            return np.array([getattr(a, name) for a in u.assets], dtype=np.float64)
+
         loadings, idio = u.driver_loadings()
         chol = np.linalg.cholesky(u.correlation_matrix() + 1e-14 * np.eye(len(u.factors)))
         zero = np.zeros(len(u.assets))
@@ -326,11 +329,13 @@ class Simulator:
 
     @property
     def prices(self) -> FloatArray:
-        return np.exp(np.array(self._engine.state()[1]))
+        out: FloatArray = np.exp(np.array(self._engine.state()[1], dtype=np.float64))
+        return out
 
     @property
     def variances(self) -> FloatArray:
-        return np.maximum(np.array(self._engine.state()[2]), 0.0)
+        out: FloatArray = np.maximum(np.array(self._engine.state()[2], dtype=np.float64), 0.0)
+        return out
 
     def step(self, n: int = 1) -> Step:
         """Advance n steps; return the final prices and variances and the log-return over the n steps."""
@@ -391,11 +396,35 @@ def _default_universe() -> Universe:
     )
     # (symbol, name, sector, s0, mu, vol, kappa, xi, rho, betas, idio, jump intensity/mean/std)
     rows: list[tuple[str, str, str, float, float, float, float, float, float, tuple[float, ...], float]] = [
-        ("NOVA", "Nova Systems", "Technology", 182.40, 0.10, 0.32, 3.0, 0.55, -0.70, (1.1, 0.8, -0.2, 0.0), 0.5),
+        (
+            "NOVA",
+            "Nova Systems",
+            "Technology",
+            182.40,
+            0.10,
+            0.32,
+            3.0,
+            0.55,
+            -0.70,
+            (1.1, 0.8, -0.2, 0.0),
+            0.5,
+        ),
         ("QBIT", "Qubit Labs", "Technology", 64.15, 0.14, 0.48, 2.5, 0.80, -0.60, (1.3, 1.1, -0.3, 0.0), 0.8),
         ("CHIP", "Chipworks", "Technology", 412.90, 0.12, 0.38, 3.0, 0.65, -0.65, (1.2, 0.9, -0.1, 0.1), 0.6),
         ("CLDX", "Cloudex", "Technology", 95.30, 0.11, 0.35, 3.0, 0.60, -0.65, (1.1, 1.0, -0.2, 0.0), 0.6),
-        ("BNKR", "Bankers Trust Co", "Financials", 48.72, 0.07, 0.26, 4.0, 0.45, -0.75, (1.0, -0.2, 0.9, 0.1), 0.5),
+        (
+            "BNKR",
+            "Bankers Trust Co",
+            "Financials",
+            48.72,
+            0.07,
+            0.26,
+            4.0,
+            0.45,
+            -0.75,
+            (1.0, -0.2, 0.9, 0.1),
+            0.5,
+        ),
         ("INSR", "Insurex", "Financials", 121.05, 0.06, 0.22, 4.0, 0.40, -0.70, (0.8, -0.2, 0.7, 0.0), 0.5),
         ("PYMT", "Paymentum", "Financials", 233.60, 0.09, 0.28, 3.5, 0.50, -0.70, (1.0, 0.4, 0.4, 0.0), 0.5),
         ("OILX", "Oilex Energy", "Energy", 78.44, 0.05, 0.34, 2.0, 0.55, -0.50, (0.9, -0.3, 0.4, 1.2), 0.6),
@@ -405,8 +434,32 @@ def _default_universe() -> Universe:
         ("GENE", "Genexa Bio", "Healthcare", 42.66, 0.10, 0.45, 2.5, 0.75, -0.50, (1.0, 0.6, -0.2, 0.0), 1.0),
         ("PHRM", "Pharmagen", "Healthcare", 88.90, 0.06, 0.20, 4.0, 0.38, -0.60, (0.6, 0.0, 0.2, 0.0), 0.5),
         ("SHOP", "Shopwell", "Consumer", 67.35, 0.08, 0.27, 3.5, 0.48, -0.70, (1.0, 0.3, 0.1, 0.0), 0.6),
-        ("BRWY", "Brewery Group", "Consumer", 54.10, 0.05, 0.19, 4.0, 0.35, -0.60, (0.6, -0.1, 0.3, 0.0), 0.5),
-        ("AUTO", "Autonomo Motors", "Consumer", 244.80, 0.12, 0.55, 2.5, 0.90, -0.55, (1.4, 1.0, -0.3, 0.2), 0.9),
+        (
+            "BRWY",
+            "Brewery Group",
+            "Consumer",
+            54.10,
+            0.05,
+            0.19,
+            4.0,
+            0.35,
+            -0.60,
+            (0.6, -0.1, 0.3, 0.0),
+            0.5,
+        ),
+        (
+            "AUTO",
+            "Autonomo Motors",
+            "Consumer",
+            244.80,
+            0.12,
+            0.55,
+            2.5,
+            0.90,
+            -0.55,
+            (1.4, 1.0, -0.3, 0.2),
+            0.9,
+        ),
         ("RAIL", "Railco", "Industrials", 139.50, 0.06, 0.23, 4.0, 0.42, -0.70, (0.9, -0.1, 0.6, 0.2), 0.5),
         ("AERO", "Aerodyne", "Industrials", 198.75, 0.07, 0.29, 3.5, 0.50, -0.70, (1.0, 0.1, 0.5, 0.2), 0.6),
         ("STEL", "Steelmark", "Industrials", 27.40, 0.05, 0.33, 3.0, 0.55, -0.60, (1.1, -0.2, 0.7, 0.5), 0.7),

@@ -1,0 +1,3 @@
+from marketfeed.cli import main
+
+main()

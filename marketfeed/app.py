@@ -1,0 +1,88 @@
+"""The app factory: routes, the static page, and the lifespan that opens and closes the runtime."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+from fastapi import FastAPI, Request
+from fastapi.middleware.cors import CORSMiddleware
+from fastapi.staticfiles import StaticFiles
+from starlette.responses import Response
+
+from marketfeed import __version__
+from marketfeed.config import Settings
+from marketfeed.routes import router
+from marketfeed.runtime import Runtime
+
+log = logging.getLogger(__name__)
+
+DESCRIPTION = """
+A real-time synthetic market: a multi-factor Heston engine streamed over Server-Sent Events
+(`/stream/sse`) and WebSockets (`/stream/ws`), with history and OHLCV candles over REST.
+Every tick has the schema of `TickModel`.
+"""
+
+# The page loads only its own scripts and styles (no inline code, no CDN), so this policy can be strict.
+SECURITY_HEADERS = {
+    "content-security-policy": (
+        "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; "
+        "font-src 'self' data:; object-src 'none'; base-uri 'none'; frame-ancestors 'none'"
+    ),
+    "x-content-type-options": "nosniff",
+    "referrer-policy": "no-referrer",
+    "x-frame-options": "DENY",
+}
+
+# The Swagger page at /docs loads its own scripts from a CDN; it gets the browser's defaults instead.
+DOCS_PATHS = ("/docs", "/redoc")
+
+
+def public_dir() -> Path:
+    """The page's files: public/ beside the package in a checkout, or inside it in a wheel."""
+    here = Path(__file__).resolve().parent
+    for candidate in (here.parent / "public", here / "public"):
+        if candidate.is_dir():
+            return candidate
+    return here.parent / "public"
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings if settings is not None else Settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        rt = Runtime(settings)
+        app.state.runtime = rt
+        await rt.start()
+        log.info("marketfeed %s: role %s, %d symbols", __version__, settings.role.value, len(rt.symbols))
+        try:
+            yield
+        finally:
+            await rt.close()
+
+    app = FastAPI(title="marketfeed", version=__version__, description=DESCRIPTION, lifespan=lifespan)
+    app.state.settings = settings
+    app.include_router(router)
+
+    @app.middleware("http")
+    async def security_headers(
+        request: Request, call_next: Callable[[Request], Awaitable[Response]]
+    ) -> Response:
+        response = await call_next(request)
+        if not request.url.path.startswith(DOCS_PATHS):
+            for name, value in SECURITY_HEADERS.items():
+                response.headers.setdefault(name, value)
+        return response
+
+    if settings.cors_origins:
+        app.add_middleware(
+            CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["GET"], allow_headers=["*"]
+        )
+    static = public_dir()
+    if static.is_dir():
+        # Mounted last so every API route above takes precedence over a file of the same name.
+        app.mount("/", StaticFiles(directory=static, html=True), name="public")
+    return app

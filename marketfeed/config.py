@@ -1,0 +1,96 @@
+"""One settings object, read from `MARKETFEED_*` environment variables (and CLI flags on top).
+
+Every default runs embedded: an in-process bus, an in-memory quote cache and a SQLite history file,
+so `marketfeed serve` works on a machine that has only Python.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from marketfeed.engine import Scheme
+
+
+class Role(StrEnum):
+    """What one server process does (scale-out: one engine, any number of edges)."""
+
+    ALL = "all"  #: engine and client-facing streams in one process (the default)
+    ENGINE = "engine"  #: simulate, write history and quotes, publish to the bus; no client streams
+    EDGE = "edge"  #: no engine: consume the bus and serve clients
+
+
+class Settings(BaseSettings):
+    """Server configuration. Each field is also the environment variable `MARKETFEED_<NAME>`."""
+
+    model_config = SettingsConfigDict(env_prefix="MARKETFEED_", extra="forbid", frozen=True)
+
+    # --- network -------------------------------------------------------------------------------
+    host: str = Field("127.0.0.1", description="interface to listen on")
+    port: int = Field(8000, ge=0, le=65535, description="TCP port (0 picks a free one)")
+    role: Role = Field(Role.ALL, description="all | engine | edge")
+
+    # --- simulation ----------------------------------------------------------------------------
+    tick_rate: float = Field(10.0, gt=0, le=1000, description="engine steps per wall-clock second")
+    speed: float = Field(
+        1.0, gt=0, le=1e6, description="simulated seconds per wall-clock second (time multiplier)"
+    )
+    seed: int = Field(0, ge=0, lt=2**64, description="random seed: same seed, same market")
+    universe: Path | None = Field(None, description="JSON universe file (default: 20 built-in symbols)")
+    scheme: Scheme = Field(Scheme.QE, description="Heston variance scheme: qe | euler")
+    jumps: bool = Field(False, description="add Merton jumps (Bates model)")
+    spread_bps: float = Field(2.0, ge=0, le=1000, description="quoted spread floor in basis points")
+
+    # --- backends (one place picks them: marketfeed/backends.py) ---------------------------------
+    history_path: Path = Field(Path("data/marketfeed.sqlite3"), description="SQLite history file")
+    kafka: str | None = Field(None, description="Kafka bootstrap servers; unset = in-process bus")
+    kafka_topic: str = Field("marketfeed.ticks", description="Kafka topic for ticks")
+    kafka_partitions: int = Field(6, ge=1, le=1000, description="partitions if the topic is created")
+    redis: str | None = Field(None, description="Redis URL; unset = in-memory quote cache")
+    database: str | None = Field(None, description="PostgreSQL URL; unset = SQLite history")
+
+    # --- history writer ------------------------------------------------------------------------
+    flush_ms: int = Field(250, ge=1, le=60_000, description="history flush interval")
+    flush_rows: int = Field(10_000, ge=1, le=10_000_000, description="history flush size")
+
+    # --- streams -------------------------------------------------------------------------------
+    ring_ticks: int = Field(200_000, ge=1000, description="recent ticks kept in memory for resume")
+    client_queue: int = Field(256, ge=2, le=100_000, description="engine steps queued per client")
+    slow_client_seconds: float = Field(
+        10.0, gt=0, description="a client behind for this long is disconnected"
+    )
+    ping_seconds: float = Field(15.0, gt=0, description="SSE keep-alive comment interval")
+    max_symbols: int = Field(1000, ge=1, description="subscriptions per connection")
+    max_message_bytes: int = Field(64 * 1024, ge=256, description="largest WebSocket message accepted")
+    history_limit: int = Field(10_000, ge=1, description="most rows one history request returns")
+    ws_compression: bool = Field(False, description="negotiate permessage-deflate (costs CPU)")
+    cors_origins: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="comma-separated origins allowed by CORS (default: none)"
+    )
+    log_level: str = Field("info", description="critical | error | warning | info | debug")
+
+    @field_validator("cors_origins", mode="before")
+    @classmethod
+    def _split_origins(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [o.strip() for o in value.split(",") if o.strip()]
+        return value
+
+    @property
+    def dt_years(self) -> float:
+        """Simulated time per engine step, in the model's unit (years)."""
+        from marketfeed.engine import SECONDS_PER_YEAR
+
+        return self.speed / self.tick_rate / SECONDS_PER_YEAR
+
+    @property
+    def runs_engine(self) -> bool:
+        return self.role is not Role.EDGE
+
+    @property
+    def serves_clients(self) -> bool:
+        return self.role is not Role.ENGINE

@@ -1,0 +1,1 @@
+"""Persisting ticks and answering history queries: the store protocol, its backends, candles."""

@@ -1,0 +1,288 @@
+"""Embedded history: one SQLite file in WAL mode, a background batch writer, candles in SQL.
+
+sqlite3 is blocking, so every statement runs on a worker thread: one writer thread (SQLite allows one
+writer at a time anyway) and a small pool of readers, which WAL lets run while the writer commits.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import sqlite3
+import threading
+import time
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+from marketfeed.health import Health
+from marketfeed.history.candles import Candle, Interval
+from marketfeed.ticks import SymbolSet, Tick, TickBatch
+
+log = logging.getLogger(__name__)
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS ticks (
+    gseq   INTEGER PRIMARY KEY,   -- unique: a re-delivered tick is ignored, never duplicated
+    symbol TEXT    NOT NULL,
+    seq    INTEGER NOT NULL,
+    ts     INTEGER NOT NULL,      -- ns since the epoch, UTC
+    price  REAL    NOT NULL,
+    bid    REAL    NOT NULL,
+    ask    REAL    NOT NULL,
+    size   INTEGER NOT NULL,
+    vol    REAL    NOT NULL
+);
+CREATE INDEX IF NOT EXISTS ticks_symbol_gseq ON ticks (symbol, gseq);
+CREATE INDEX IF NOT EXISTS ticks_symbol_ts ON ticks (symbol, ts);
+CREATE TABLE IF NOT EXISTS engine_state (
+    id      INTEGER PRIMARY KEY CHECK (id = 1),
+    state   TEXT    NOT NULL,
+    updated INTEGER NOT NULL
+);
+"""
+
+COLUMNS = "symbol, seq, gseq, ts, price, bid, ask, size, vol"
+
+Row = tuple[str, int, int, int, float, float, float, int, float]
+
+
+def tick_row(t: Tick) -> Row:
+    return (t.symbol, t.seq, t.gseq, t.ts, t.price, t.bid, t.ask, t.size, t.vol)
+
+
+def row_tick(r: Sequence[Any]) -> Tick:
+    return Tick(
+        symbol=r[0], seq=r[1], gseq=r[2], ts=r[3], price=r[4], bid=r[5], ask=r[6], size=r[7], vol=r[8]
+    )
+
+
+class SQLiteHistory:
+    name = "sqlite"
+
+    def __init__(self, path: Path | str, *, flush_ms: int = 250, flush_rows: int = 10_000) -> None:
+        self.path = Path(path)
+        self._flush_s = flush_ms / 1000
+        self._flush_rows = flush_rows
+        self._pending: list[TickBatch] = []
+        self._pending_rows = 0
+        self._state: str | None = None
+        self._writer = ThreadPoolExecutor(1, thread_name_prefix="sqlite-writer")
+        self._readers = ThreadPoolExecutor(2, thread_name_prefix="sqlite-reader")
+        self._local = threading.local()
+        self._connections: list[sqlite3.Connection] = []
+        self._wconn: sqlite3.Connection | None = None
+        self._wake: asyncio.Event | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._flush_lock = asyncio.Lock()
+        self._error: str | None = None
+        self.rows_written = 0
+        self.flushes = 0
+        self.write_errors = 0
+        self.write_lag_s = 0.0
+
+    # --- lifecycle -------------------------------------------------------------------------------
+    async def start(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(self._writer, self._open_writer)
+        self._wake = asyncio.Event()
+        self._task = asyncio.create_task(self._run(), name="sqlite-writer")
+
+    def _open_writer(self) -> None:
+        conn = self._connect()
+        conn.execute("PRAGMA journal_mode=WAL")
+        # NORMAL in WAL mode is durable across application crashes; only an OS crash can lose the
+        # last commits, which the engine would then regenerate from its stored state.
+        conn.execute("PRAGMA synchronous=NORMAL")
+        conn.executescript(SCHEMA)
+        self._wconn = conn
+
+    def _connect(self) -> sqlite3.Connection:
+        conn = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None, timeout=30)
+        self._connections.append(conn)
+        return conn
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+        await self.flush()
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(self._writer, self._close_connections)
+        self._writer.shutdown(wait=True)
+        self._readers.shutdown(wait=True)
+
+    def _close_connections(self) -> None:
+        for conn in self._connections:
+            conn.close()
+        self._connections.clear()
+
+    # --- writing ---------------------------------------------------------------------------------
+    def write(self, batch: TickBatch, state: str | None = None) -> None:
+        self._pending.append(batch)
+        self._pending_rows += len(batch)
+        if state is not None:
+            self._state = state
+        if self._pending_rows >= self._flush_rows and self._wake is not None:
+            self._wake.set()
+
+    async def _run(self) -> None:
+        if self._wake is None:
+            raise RuntimeError("SQLiteHistory._run before start()")
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), self._flush_s)
+            self._wake.clear()
+            try:
+                await self.flush()
+            except sqlite3.Error as exc:
+                # Keep the batches (flush puts them back) and try again at the next interval.
+                log.warning("history write failed, will retry: %s", exc)
+                await asyncio.sleep(self._flush_s)
+
+    async def flush(self) -> None:
+        async with self._flush_lock:
+            if not self._pending:
+                return
+            batches, state = self._pending, self._state
+            self._pending, self._pending_rows, self._state = [], 0, None
+            rows = [tick_row(t) for b in batches for t in b.ticks]
+            oldest = min((b.ticks[0].ts for b in batches if b.ticks), default=time.time_ns())
+            loop = asyncio.get_running_loop()
+            try:
+                await loop.run_in_executor(self._writer, self._commit, rows, state)
+            except sqlite3.Error as exc:
+                self.write_errors += 1
+                self._error = str(exc)
+                self._pending[:0] = batches
+                self._pending_rows += len(rows)
+                if self._state is None:
+                    self._state = state
+                raise
+            self._error = None
+            self.rows_written += len(rows)
+            self.flushes += 1
+            self.write_lag_s = max(0.0, (time.time_ns() - oldest) / 1e9)
+
+    def _commit(self, rows: list[Row], state: str | None) -> None:
+        conn = self._wconn
+        if conn is None:
+            raise sqlite3.OperationalError("history store is not open")
+        conn.execute("BEGIN")
+        try:
+            conn.executemany(f"INSERT OR IGNORE INTO ticks ({COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?)", rows)
+            if state is not None:
+                conn.execute(
+                    "INSERT INTO engine_state (id, state, updated) VALUES (1, ?, ?) "
+                    "ON CONFLICT (id) DO UPDATE SET state = excluded.state, updated = excluded.updated",
+                    (state, time.time_ns()),
+                )
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+
+    # --- reading ---------------------------------------------------------------------------------
+    def _reader(self) -> sqlite3.Connection:
+        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = self._connect()
+            self._local.conn = conn
+        return conn
+
+    async def _query(self, sql: str, params: Sequence[Any]) -> list[tuple[Any, ...]]:
+        def run() -> list[tuple[Any, ...]]:
+            return self._reader().execute(sql, params).fetchall()
+
+        return await asyncio.get_running_loop().run_in_executor(self._readers, run)
+
+    async def ticks(
+        self,
+        *,
+        symbols: SymbolSet,
+        start_ns: int | None = None,
+        end_ns: int | None = None,
+        after_gseq: int = 0,
+        limit: int = 1000,
+    ) -> list[Tick]:
+        where, params = ["gseq > ?"], [after_gseq]
+        if symbols is not None:
+            ordered = sorted(symbols)
+            where.append(f"symbol IN ({','.join('?' * len(ordered))})")
+            params.extend(ordered)  # type: ignore[arg-type]  # mixed parameter list
+        if start_ns is not None:
+            where.append("ts >= ?")
+            params.append(start_ns)
+        if end_ns is not None:
+            where.append("ts < ?")
+            params.append(end_ns)
+        sql = f"SELECT {COLUMNS} FROM ticks WHERE {' AND '.join(where)} ORDER BY gseq LIMIT ?"
+        rows = await self._query(sql, [*params, limit])
+        return [row_tick(r) for r in rows]
+
+    async def candles(
+        self, *, symbol: str, interval: Interval, start_ns: int | None, end_ns: int | None, limit: int
+    ) -> list[Candle]:
+        # Open and close are the first and last trade by gseq in each bucket, joined back through the
+        # primary key, so a candle always agrees with the raw ticks it summarises.
+        sql = """
+            WITH b AS (
+                SELECT ts / :ns AS k, MIN(gseq) AS g0, MAX(gseq) AS g1, MAX(price) AS hi,
+                       MIN(price) AS lo, SUM(size) AS volume, COUNT(*) AS n, SUM(price * size) AS pv
+                FROM ticks
+                WHERE symbol = :symbol AND ts >= :start AND ts < :end
+                GROUP BY k
+            )
+            SELECT b.k * :ns, o.price, b.hi, b.lo, c.price, b.volume, b.n, b.pv
+            FROM b JOIN ticks o ON o.gseq = b.g0 JOIN ticks c ON c.gseq = b.g1
+            ORDER BY b.k LIMIT :limit
+        """
+        params = {
+            "ns": interval.nanoseconds,
+            "symbol": symbol,
+            "start": start_ns if start_ns is not None else 0,
+            "end": end_ns if end_ns is not None else 2**63 - 1,
+            "limit": limit,
+        }
+
+        def run() -> list[tuple[Any, ...]]:
+            return self._reader().execute(sql, params).fetchall()
+
+        rows = await asyncio.get_running_loop().run_in_executor(self._readers, run)
+        return [
+            Candle(
+                start=r[0],
+                open=r[1],
+                high=r[2],
+                low=r[3],
+                close=r[4],
+                volume=r[5],
+                trades=r[6],
+                vwap=r[7] / r[5] if r[5] else r[4],
+            )
+            for r in rows
+        ]
+
+    async def load_state(self) -> str | None:
+        rows = await self._query("SELECT state FROM engine_state WHERE id = 1", ())
+        return str(rows[0][0]) if rows else None
+
+    # --- observability ---------------------------------------------------------------------------
+    def health(self) -> Health:
+        if self._error is not None:
+            return Health.degraded(f"sqlite: {self._error}")
+        return Health.ok(str(self.path))
+
+    def metrics(self) -> dict[str, float]:
+        return {
+            "history_rows_written_total": self.rows_written,
+            "history_flushes_total": self.flushes,
+            "history_write_errors_total": self.write_errors,
+            "history_backlog_rows": self._pending_rows,
+            "history_write_lag_seconds": self.write_lag_s,
+        }

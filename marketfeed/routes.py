@@ -1,0 +1,254 @@
+"""HTTP and WebSocket routes. Handlers parse and check input, then ask the runtime; nothing else."""
+
+from __future__ import annotations
+
+import csv
+import io
+from collections.abc import Iterable, Sequence
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Annotated, Any
+
+import orjson
+from fastapi import APIRouter, Header, HTTPException, Query, Request, WebSocket
+from fastapi.responses import PlainTextResponse, Response
+
+from marketfeed import metrics
+from marketfeed.engine import SECONDS_PER_YEAR
+from marketfeed.history.candles import Candle, Interval
+from marketfeed.runtime import Runtime
+from marketfeed.schemas import CandlesPage, ErrorResponse, QuotesResponse, SymbolInfo, TicksPage
+from marketfeed.streams.sse import EventStream
+from marketfeed.streams.websocket import Session
+from marketfeed.ticks import SCHEMA_VERSION
+
+router = APIRouter()
+
+ERRORS: dict[int | str, dict[str, Any]] = {
+    400: {"model": ErrorResponse, "description": "malformed or inconsistent parameters"},
+    404: {"model": ErrorResponse, "description": "unknown symbol"},
+}
+
+TICK_FIELDS = ["symbol", "seq", "gseq", "ts", "time", "price", "bid", "ask", "size", "vol"]
+CANDLE_FIELDS = ["start", "time", "open", "high", "low", "close", "volume", "trades", "vwap"]
+
+
+class Format(StrEnum):
+    JSON = "json"
+    CSV = "csv"
+
+
+def runtime(request: Request) -> Runtime:
+    rt: Runtime = request.app.state.runtime
+    return rt
+
+
+def json_response(obj: Any, status: int = 200) -> Response:
+    return Response(orjson.dumps(obj), status_code=status, media_type="application/json")
+
+
+def parse_symbols(rt: Runtime, raw: str | None, *, required: bool) -> frozenset[str] | None:
+    """`A,B,C` -> the set, checked against the universe (404 naming the unknown ones)."""
+    if raw is None or raw.strip() in ("", "*"):
+        if required and raw is None:
+            raise HTTPException(400, "symbols is required, e.g. symbols=NOVA,QBIT (or * for all)")
+        return None
+    wanted = frozenset(s.strip().upper() for s in raw.split(",") if s.strip())
+    if not wanted:
+        raise HTTPException(400, "symbols must be a comma-separated list, e.g. symbols=NOVA,QBIT")
+    unknown = sorted(wanted - set(rt.symbols))
+    if unknown:
+        raise HTTPException(404, f"unknown symbols: {', '.join(unknown[:20])}")
+    return wanted
+
+
+def one_symbol(rt: Runtime, raw: str) -> str:
+    symbol = raw.strip().upper()
+    if symbol not in rt.symbols:
+        raise HTTPException(404, f"unknown symbol {raw!r}; GET /symbols lists them")
+    return symbol
+
+
+def to_ns(value: datetime | None) -> int | None:
+    if value is None:
+        return None
+    if value.tzinfo is None:  # a naive time means UTC, as everywhere in this API
+        value = value.replace(tzinfo=UTC)
+    delta = value - datetime(1970, 1, 1, tzinfo=UTC)
+    return (delta.days * 86_400 + delta.seconds) * 1_000_000_000 + delta.microseconds * 1000
+
+
+def time_range(start: datetime | None, end: datetime | None) -> tuple[int | None, int | None]:
+    s, e = to_ns(start), to_ns(end)
+    if s is not None and e is not None and s >= e:
+        raise HTTPException(400, "start must be before end")
+    return s, e
+
+
+def csv_response(rows: Iterable[dict[str, Any]], fields: Sequence[str], filename: str) -> Response:
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=fields, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    return Response(
+        buf.getvalue(),
+        media_type="text/csv",
+        headers={"content-disposition": f'attachment; filename="{filename}"'},
+    )
+
+
+StartQ = Annotated[
+    datetime | None, Query(description="inclusive, ISO 8601 or Unix seconds; default: the beginning")
+]
+EndQ = Annotated[datetime | None, Query(description="exclusive, ISO 8601 or Unix seconds; default: now")]
+
+
+# --- reference data --------------------------------------------------------------------------------
+@router.get("/symbols", response_model=list[SymbolInfo], tags=["reference"])
+async def symbols(request: Request) -> Response:
+    rt = runtime(request)
+    return json_response(
+        [{"symbol": a.symbol, "name": a.name, "sector": a.sector, "s0": a.s0} for a in rt.universe.assets]
+    )
+
+
+@router.get("/model", tags=["reference"], summary="The live model parameters")
+async def model(request: Request) -> Response:
+    rt = runtime(request)
+    s = rt.settings
+    return json_response(
+        {
+            "schema_version": SCHEMA_VERSION,
+            "seed": s.seed,
+            "scheme": s.scheme.value,
+            "jumps": s.jumps,
+            "tick_rate": s.tick_rate,
+            "speed": s.speed,
+            "dt_seconds": s.dt_years * SECONDS_PER_YEAR,
+            "dt_years": s.dt_years,
+            "step": rt.market.next_step if rt.market else None,
+            **rt.universe.to_dict(),
+            "implied_correlation": rt.universe.implied_correlation().round(4).tolist(),
+        }
+    )
+
+
+# --- quotes and history -----------------------------------------------------------------------------
+@router.get("/quotes/latest", response_model=QuotesResponse, responses=ERRORS, tags=["quotes"])
+async def latest_quotes(
+    request: Request,
+    symbols: Annotated[str | None, Query(description="comma-separated; default: all")] = None,
+) -> Response:
+    rt = runtime(request)
+    wanted = parse_symbols(rt, symbols, required=False)
+    names = sorted(wanted) if wanted is not None else rt.symbols
+    quotes = await rt.quotes.latest(names)
+    for name in names:  # an edge's own hub knows quotes a cold cache does not
+        if name not in quotes and name in rt.hub.latest:
+            quotes[name] = rt.hub.latest[name]
+    return json_response({"quotes": [quotes[n].to_dict() for n in names if n in quotes]})
+
+
+@router.get("/history/ticks", response_model=TicksPage, responses=ERRORS, tags=["history"])
+async def history_ticks(
+    request: Request,
+    symbol: Annotated[str, Query(description="one symbol")],
+    start: StartQ = None,
+    end: EndQ = None,
+    limit: Annotated[
+        int, Query(ge=1, description="rows per page (capped by the server's history limit)")
+    ] = 1000,
+    cursor: Annotated[str | None, Query(description="`next_cursor` of the previous page")] = None,
+    format: Annotated[Format, Query(description="json, or csv for a download")] = Format.JSON,
+) -> Response:
+    rt = runtime(request)
+    sym = one_symbol(rt, symbol)
+    s, e = time_range(start, end)
+    limit = min(limit, rt.settings.history_limit)
+    after = 0
+    if cursor is not None:
+        if not cursor.isdigit() or len(cursor) > 19:
+            raise HTTPException(400, "cursor must be a next_cursor value returned by this endpoint")
+        after = int(cursor)
+    ticks = await rt.history.ticks(
+        symbols=frozenset([sym]), start_ns=s, end_ns=e, after_gseq=after, limit=limit
+    )
+    if format is Format.CSV:
+        return csv_response((t.to_dict() for t in ticks), TICK_FIELDS, f"{sym}-ticks.csv")
+    next_cursor = str(ticks[-1].gseq) if len(ticks) == limit else None
+    return json_response({"symbol": sym, "ticks": [t.to_dict() for t in ticks], "next_cursor": next_cursor})
+
+
+@router.get("/history/candles", response_model=CandlesPage, responses=ERRORS, tags=["history"])
+async def history_candles(
+    request: Request,
+    symbol: Annotated[str, Query(description="one symbol")],
+    interval: Annotated[Interval, Query(description="bucket width")] = Interval.M1,
+    start: StartQ = None,
+    end: EndQ = None,
+    limit: Annotated[int, Query(ge=1, description="most candles returned (oldest first)")] = 1000,
+    format: Annotated[Format, Query(description="json, or csv for a download")] = Format.JSON,
+) -> Response:
+    rt = runtime(request)
+    sym = one_symbol(rt, symbol)
+    s, e = time_range(start, end)
+    limit = min(limit, rt.settings.history_limit)
+    candles: list[Candle] = await rt.history.candles(
+        symbol=sym, interval=interval, start_ns=s, end_ns=e, limit=limit
+    )
+    if format is Format.CSV:
+        return csv_response((c.to_dict() for c in candles), CANDLE_FIELDS, f"{sym}-{interval.value}.csv")
+    return json_response(
+        {"symbol": sym, "interval": interval.value, "candles": [c.to_dict() for c in candles]}
+    )
+
+
+# --- operations --------------------------------------------------------------------------------------
+@router.get("/health", tags=["operations"], summary="ok, or degraded when a backend is failing")
+async def health(request: Request) -> Response:
+    return json_response(runtime(request).health())
+
+
+@router.get("/metrics", response_class=PlainTextResponse, tags=["operations"], summary="Prometheus metrics")
+async def prometheus(request: Request) -> Response:
+    return PlainTextResponse(
+        metrics.render(runtime(request).metrics()), media_type="text/plain; version=0.0.4"
+    )
+
+
+# --- streams ---------------------------------------------------------------------------------------
+@router.get(
+    "/stream/sse",
+    tags=["streams"],
+    summary="Server-Sent Events: `tick` events, id = gseq; resumes after Last-Event-ID",
+    responses={
+        200: {"content": {"text/event-stream": {}}, "description": "data: one tick (TickModel)"},
+        **ERRORS,
+    },
+)
+async def stream_sse(
+    request: Request,
+    symbols: Annotated[str | None, Query(description="comma-separated; default: all")] = None,
+    last_event_id: Annotated[str | None, Header(description="resume after this gseq")] = None,
+) -> Response:
+    rt = runtime(request)
+    wanted = parse_symbols(rt, symbols, required=False)
+    resume: int | None = None
+    if last_event_id is not None and last_event_id.strip():
+        if not last_event_id.strip().isdigit() or len(last_event_id.strip()) > 19:
+            raise HTTPException(400, "Last-Event-ID must be the id (gseq) of an event this server sent")
+        resume = int(last_event_id)
+    return EventStream(
+        rt.hub, rt.history, wanted, resume, ping_seconds=rt.settings.ping_seconds, shutdown=rt.shutdown
+    )
+
+
+async def stream_ws(websocket: WebSocket) -> None:
+    rt: Runtime = websocket.app.state.runtime
+    await websocket.accept()
+    await Session(
+        websocket, rt.hub, rt.history, rt.symbols, max_symbols=rt.settings.max_symbols, shutdown=rt.shutdown
+    ).run()
+
+
+router.add_api_websocket_route("/stream/ws", stream_ws)

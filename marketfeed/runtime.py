@@ -1,0 +1,218 @@
+"""The running server's moving parts: the engine loop, the edge consumer, and their backends.
+
+Opened and closed by the app's lifespan (see ARCHITECTURE.md for the tasks and the shutdown order).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Coroutine
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from marketfeed.backends import make_bus, make_history, make_quote_cache
+from marketfeed.config import Settings
+from marketfeed.engine import Simulator, SimulatorState, Universe
+from marketfeed.health import Status
+from marketfeed.history.store import HistoryStore
+from marketfeed.market import Market
+from marketfeed.streams.bus import Bus
+from marketfeed.streams.hub import Hub
+from marketfeed.streams.quotes import QuoteCache
+from marketfeed.ticks import TickBatch
+
+log = logging.getLogger(__name__)
+
+
+class IncompatibleHistoryError(RuntimeError):
+    """The history store holds a different market (another seed, universe, scheme or speed)."""
+
+
+class Runtime:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.universe = Universe.from_json(settings.universe) if settings.universe else Universe.default()
+        self.universe.validate()
+        self.symbols = self.universe.symbols
+        self.hub = Hub(
+            ring_ticks=settings.ring_ticks,
+            client_queue=settings.client_queue,
+            slow_after=settings.slow_client_seconds,
+        )
+        self.bus = make_bus(settings)
+        self.quotes = make_quote_cache(settings)
+        self.history = make_history(settings)
+        self.market: Market | None = None
+        self.shutdown = asyncio.Event()
+        self.started_ns = time.time_ns()
+        self.steps = 0
+        self.ticks_generated = 0
+        self.late_steps = 0
+        self.quote_updates_dropped = 0
+        self.step_seconds = 0.0
+        self._cache_queue: asyncio.Queue[TickBatch] = asyncio.Queue(maxsize=64)
+        self._executor = ThreadPoolExecutor(1, thread_name_prefix="engine")
+        self._tasks: list[asyncio.Task[None]] = []
+
+    # --- lifecycle -------------------------------------------------------------------------------
+    async def start(self) -> None:
+        await self.history.start()
+        await self.quotes.start()
+        await self.bus.start()
+        if self.settings.runs_engine:
+            self.market = await self._make_market()
+            self._spawn(self._engine_loop(self.market), "engine")
+            self._spawn(self._cache_writer(), "quote-cache")
+        else:
+            self._spawn(self._edge_loop(), "edge")
+        self._spawn(self._watchers_loop(), "watchers")
+
+    async def _make_market(self) -> Market:
+        s = self.settings
+        sim = Simulator(self.universe, dt=s.dt_years, seed=s.seed, scheme=s.scheme, jumps=s.jumps)
+        saved = await self.history.load_state()
+        if saved is not None:
+            try:
+                sim.restore(SimulatorState.from_json(saved))
+            except ValueError as exc:
+                raise IncompatibleHistoryError(
+                    f"the history store holds another market ({exc}); use the settings it was made with "
+                    "or point MARKETFEED_HISTORY_PATH / MARKETFEED_DATABASE somewhere else"
+                ) from exc
+            log.info("resumed the engine at step %d from the history store", sim.step_index)
+        return Market(sim, spread_bps=s.spread_bps)
+
+    def _spawn(self, coro: Coroutine[Any, Any, None], name: str) -> None:
+        task = asyncio.create_task(coro, name=name)
+        task.add_done_callback(self._task_done)
+        self._tasks.append(task)
+
+    def _task_done(self, task: asyncio.Task[None]) -> None:
+        if not task.cancelled() and task.exception() is not None:
+            log.error("background task %s failed", task.get_name(), exc_info=task.exception())
+
+    async def close(self) -> None:
+        """Stop producing, tell clients, then flush every backend (history last: it holds the most)."""
+        self.shutdown.set()
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        self._tasks.clear()
+        self.hub.close_all("server shutting down")
+        await self._drain_cache_queue()
+        for closer in (self.bus.close, self.quotes.close, self.history.close):
+            try:
+                await closer()
+            except Exception:
+                log.exception("error while closing a backend")
+        self._executor.shutdown(wait=True)
+
+    # --- engine side -----------------------------------------------------------------------------
+    def _step(self, market: Market) -> tuple[TickBatch, str]:
+        batch = market.step()
+        return batch, market.state().to_json()
+
+    async def _engine_loop(self, market: Market) -> None:
+        loop = asyncio.get_running_loop()
+        period = 1.0 / self.settings.tick_rate
+        deadline = time.monotonic()
+        while True:
+            t0 = time.perf_counter()
+            batch, state = await loop.run_in_executor(self._executor, self._step, market)
+            self.step_seconds = time.perf_counter() - t0
+            self.steps += 1
+            self.ticks_generated += len(batch)
+            self.history.write(batch, state)
+            if self.settings.serves_clients:
+                self.hub.publish(batch)
+            self._queue_cache_update(batch)
+            await self.bus.publish(batch)
+            deadline += period
+            delay = deadline - time.monotonic()
+            if delay < -period:
+                # More than a step behind (a stalled machine): restart the schedule instead of
+                # bursting to catch up, which would spike every client's latency.
+                self.late_steps += 1
+                deadline = time.monotonic()
+                delay = 0.0
+            await asyncio.sleep(max(0.0, delay))
+
+    def _queue_cache_update(self, batch: TickBatch) -> None:
+        if self._cache_queue.full():  # a slow cache backend loses its oldest update, not the engine's time
+            self._cache_queue.get_nowait()
+            self.quote_updates_dropped += 1
+        self._cache_queue.put_nowait(batch)
+
+    async def _cache_writer(self) -> None:
+        while True:
+            batch = await self._cache_queue.get()
+            try:
+                await self.quotes.update(batch)
+            except Exception as exc:  # the backend reports itself degraded; streams go on
+                log.warning("quote cache update failed: %s", exc)
+                await asyncio.sleep(0.5)
+
+    async def _drain_cache_queue(self) -> None:
+        while not self._cache_queue.empty():
+            batch = self._cache_queue.get_nowait()
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self.quotes.update(batch), 2.0)
+
+    # --- edge side -------------------------------------------------------------------------------
+    async def _edge_loop(self) -> None:
+        async for batch in self.bus.subscribe():
+            self.ticks_generated += len(batch)
+            self.hub.publish(batch)
+
+    async def _watchers_loop(self) -> None:
+        while True:
+            await asyncio.sleep(1.0)
+            with contextlib.suppress(Exception):
+                await self.quotes.set_watchers(dict(self.hub.watchers))
+
+    # --- observability ---------------------------------------------------------------------------
+    def health(self) -> dict[str, object]:
+        backends: dict[str, Bus | QuoteCache | HistoryStore] = {
+            "bus": self.bus,
+            "quotes": self.quotes,
+            "history": self.history,
+        }
+        report: dict[str, dict[str, str]] = {}
+        status = Status.OK
+        for role, backend in backends.items():
+            h = backend.health()
+            report[role] = {"name": backend.name, "status": h.status.value, "detail": h.detail}
+            if h.status is not Status.OK:
+                status = Status.DEGRADED
+        if any(t.done() for t in self._tasks) and not self.shutdown.is_set():
+            status = Status.DEGRADED
+            report["engine"] = {"name": "engine", "status": "degraded", "detail": "a background task stopped"}
+        return {
+            "status": status.value,
+            "role": self.settings.role.value,
+            "step": self.market.next_step if self.market else None,
+            "last_gseq": self.hub.last_gseq,
+            "clients": self.hub.clients,
+            "backends": report,
+        }
+
+    def metrics(self) -> dict[str, float]:
+        m: dict[str, float] = {
+            "ticks_generated_total": self.ticks_generated,
+            "engine_steps_total": self.steps,
+            "engine_late_steps_total": self.late_steps,
+            "engine_step_seconds": self.step_seconds,
+            "clients": self.hub.clients,
+            "ticks_published_total": self.hub.published_ticks,
+            "queue_conflated_ticks_total": self.hub.conflated_ticks,
+            "slow_client_disconnects_total": self.hub.slow_disconnects,
+            "quote_updates_dropped_total": self.quote_updates_dropped,
+        }
+        for backend in (self.bus, self.quotes, self.history):
+            m.update(backend.metrics())
+        return m

@@ -1,0 +1,1 @@
+"""Getting ticks to clients and to other processes: the fan-out hub, SSE, WebSocket, and the buses."""

@@ -1,0 +1,173 @@
+"""The fan-out hub: one publisher (the engine step, or a bus consumer), many clients.
+
+`Hub.publish` runs on the event loop once per engine step and never awaits: each client has a bounded
+queue of batches; a client whose queue is full gets its backlog conflated to the newest tick of each
+symbol, and one that stays behind for too long is closed with a reason. So a slow client can never
+slow the engine or another client.
+
+The hub also keeps a ring of recent batches (so a reconnecting client is served its gap from memory)
+and the latest tick of each symbol (the snapshot a new subscriber gets first).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import Counter, deque
+from collections.abc import Iterable
+
+from marketfeed.ticks import SymbolSet, Tick, TickBatch, conflate
+
+
+class Subscriber:
+    """One client's view of the hub: a symbol filter and a bounded, conflating queue of batches."""
+
+    def __init__(self, hub: Hub, symbols: SymbolSet, maxlen: int, slow_after: float) -> None:
+        self._hub = hub
+        self.symbols: SymbolSet = symbols
+        self._maxlen = maxlen
+        self._slow_after = slow_after
+        self._queue: deque[TickBatch] = deque()
+        self._ready = asyncio.Event()
+        self._behind_since: float | None = None
+        self.conflated_ticks = 0  #: ticks this client never got because it was too slow
+        self.closed_reason: str | None = None
+        self.closed = asyncio.Event()
+
+    def offer(self, batch: TickBatch) -> None:
+        if self.closed_reason is not None:
+            return
+        if len(self._queue) >= self._maxlen:
+            now = time.monotonic()
+            if self._behind_since is None:
+                self._behind_since = now
+            elif now - self._behind_since > self._slow_after:
+                self.close(f"slow consumer: more than {self._slow_after:g} s behind the market")
+                return
+            pending = [*self._queue, batch]
+            merged = conflate(pending)
+            dropped = sum(len(b) for b in pending) - len(merged)
+            self.conflated_ticks += dropped
+            self._hub.conflated_ticks += dropped
+            self._queue.clear()
+            self._queue.append(merged)
+        else:
+            self._queue.append(batch)
+        self._ready.set()
+
+    async def get(self, idle_seconds: float | None = None) -> list[TickBatch]:
+        """Everything queued, waiting up to `idle_seconds` for something; [] on timeout or close."""
+        if not self._queue and self.closed_reason is None:
+            self._ready.clear()
+            try:
+                await asyncio.wait_for(self._ready.wait(), idle_seconds)
+            except TimeoutError:
+                return []
+        batches = list(self._queue)
+        self._queue.clear()
+        self._behind_since = None  # drained: the client has caught up
+        return batches
+
+    @property
+    def backlog(self) -> int:
+        return len(self._queue)
+
+    def close(self, reason: str) -> None:
+        """Stop feeding this client; its reader wakes up and sees `closed_reason`."""
+        if self.closed_reason is None:
+            self.closed_reason = reason
+            self._queue.clear()
+            self._hub.unsubscribe(self)
+            self._ready.set()
+            self.closed.set()
+
+    def set_symbols(self, symbols: SymbolSet) -> None:
+        self._hub.retarget(self, symbols)
+
+
+class Hub:
+    """In-process fan-out of tick batches to subscribers, with a resume ring and latest quotes."""
+
+    def __init__(
+        self, *, ring_ticks: int = 200_000, client_queue: int = 256, slow_after: float = 10.0
+    ) -> None:
+        self._ring: deque[TickBatch] = deque()
+        self._ring_ticks = 0
+        self._ring_limit = ring_ticks
+        self._client_queue = client_queue
+        self._slow_after = slow_after
+        self._subscribers: set[Subscriber] = set()
+        self.latest: dict[str, Tick] = {}
+        self.watchers: Counter[str] = Counter()  #: live subscribers per symbol (hot symbols)
+        self.published_ticks = 0
+        self.conflated_ticks = 0
+        self.slow_disconnects = 0
+
+    # --- publishing ------------------------------------------------------------------------------
+    def publish(self, batch: TickBatch) -> None:
+        if not batch.ticks:
+            return
+        if self._ring and batch.ticks[0].gseq <= self._ring[-1].last_gseq:
+            return  # a re-delivery (bus replay after a reconnect): clients already have it
+        self._ring.append(batch)
+        self._ring_ticks += len(batch)
+        while self._ring_ticks > self._ring_limit and len(self._ring) > 1:
+            self._ring_ticks -= len(self._ring.popleft())
+        for t in batch.ticks:
+            self.latest[t.symbol] = t
+        self.published_ticks += len(batch)
+        for sub in list(self._subscribers):
+            sub.offer(batch)
+            if sub.closed_reason is not None and sub.closed_reason.startswith("slow"):
+                self.slow_disconnects += 1
+
+    @property
+    def last_gseq(self) -> int:
+        return self._ring[-1].last_gseq if self._ring else 0
+
+    def recent(self, after_gseq: int) -> list[TickBatch] | None:
+        """Batches holding every tick newer than `after_gseq`, or None if the ring no longer reaches back."""
+        if not self._ring:
+            return []
+        if self._ring[0].ticks[0].gseq > after_gseq + 1:
+            return None  # the ring starts after the client's position: the caller fills from history
+        return [b for b in self._ring if b.last_gseq > after_gseq]
+
+    @property
+    def oldest_gseq(self) -> int | None:
+        return self._ring[0].ticks[0].gseq if self._ring else None
+
+    def snapshot(self, symbols: Iterable[str]) -> list[Tick]:
+        return [self.latest[s] for s in symbols if s in self.latest]
+
+    # --- subscribers -----------------------------------------------------------------------------
+    def subscribe(self, symbols: SymbolSet) -> Subscriber:
+        sub = Subscriber(self, symbols, self._client_queue, self._slow_after)
+        self._subscribers.add(sub)
+        self._count(symbols, +1)
+        return sub
+
+    def unsubscribe(self, sub: Subscriber) -> None:
+        if sub in self._subscribers:
+            self._subscribers.discard(sub)
+            self._count(sub.symbols, -1)
+
+    def retarget(self, sub: Subscriber, symbols: SymbolSet) -> None:
+        if sub in self._subscribers:
+            self._count(sub.symbols, -1)
+            self._count(symbols, +1)
+        sub.symbols = symbols
+
+    def _count(self, symbols: SymbolSet, delta: int) -> None:
+        for s in symbols if symbols is not None else self.latest.keys():
+            self.watchers[s] += delta
+            if self.watchers[s] <= 0:
+                del self.watchers[s]
+
+    @property
+    def clients(self) -> int:
+        return len(self._subscribers)
+
+    def close_all(self, reason: str) -> None:
+        for sub in list(self._subscribers):
+            sub.close(reason)

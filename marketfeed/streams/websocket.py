@@ -1,0 +1,219 @@
+"""The WebSocket protocol for bots, in the style of the market-data APIs they already speak.
+
+Client -> server (JSON text frames):
+    {"action": "subscribe",   "symbols": ["NOVA", "QBIT"]}   ("*" means every symbol)
+    {"action": "unsubscribe", "symbols": ["QBIT"]}
+    {"action": "ping"}
+    {"action": "replay", "from_seq": 12345}                  (every tick with gseq >= from_seq)
+Server -> client:
+    {"type": "subscribed", "symbols": [...]}  then  {"type": "snapshot", "data": [tick, ...]}
+    {"type": "unsubscribed", "symbols": [...]}
+    {"type": "ticks", "data": [tick, ...]}     one frame per engine step
+    {"type": "replay", "data": [...]} ...      then {"type": "replay_end", "last_gseq": N}
+      (a replay covers from_seq up to the newest tick published when it began; live frames go on
+      independently, so a client merges by gseq)
+    {"type": "pong", "ts": ns}
+    {"type": "error", "code": "...", "message": "..."}   and the connection goes on
+
+A client that falls too far behind is closed with code 1008 and the reason; at shutdown, 1001.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import orjson
+from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
+
+from marketfeed.history.store import HistoryStore
+from marketfeed.streams.backfill import backfill
+from marketfeed.streams.hub import Hub, Subscriber
+from marketfeed.ticks import Tick
+
+CLOSE_GOING_AWAY = 1001
+CLOSE_POLICY = 1008
+
+
+class ProtocolError(ValueError):
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def _frame(obj: dict[str, Any]) -> str:
+    return orjson.dumps(obj).decode()
+
+
+def _ticks_frame(kind: str, ticks: Sequence[Tick]) -> str:
+    data = ",".join(t.to_json().decode() for t in ticks)
+    return f'{{"type":"{kind}","data":[{data}]}}'
+
+
+class Session:
+    """One WebSocket connection: a receive loop for commands and a send loop for ticks."""
+
+    def __init__(
+        self,
+        ws: WebSocket,
+        hub: Hub,
+        history: HistoryStore,
+        symbols: Sequence[str],
+        *,
+        max_symbols: int,
+        shutdown: asyncio.Event,
+    ) -> None:
+        self.ws = ws
+        self.hub = hub
+        self.history = history
+        self.known = frozenset(symbols)
+        self.max_symbols = max_symbols
+        self.shutdown = shutdown
+        self.sub: Subscriber = hub.subscribe(frozenset())
+        # Snapshots, acks and tick frames must not interleave: a new symbol's snapshot goes out before
+        # any of its live ticks.
+        self.lock = asyncio.Lock()
+
+    async def run(self) -> None:
+        tasks = [
+            asyncio.create_task(self._receive_loop()),
+            asyncio.create_task(self._send_loop()),
+            asyncio.create_task(self.shutdown.wait()),
+            asyncio.create_task(self.sub.closed.wait()),
+        ]
+        try:
+            await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            self.hub.unsubscribe(self.sub)
+            for t in tasks:
+                t.cancel()
+            for t in tasks:
+                with contextlib.suppress(asyncio.CancelledError, WebSocketDisconnect, OSError, RuntimeError):
+                    await t
+        if (
+            self.ws.application_state is WebSocketState.CONNECTED
+            and self.ws.client_state is WebSocketState.CONNECTED
+        ):
+            code, reason = (
+                (CLOSE_GOING_AWAY, "server shutting down")
+                if self.shutdown.is_set()
+                else (
+                    CLOSE_POLICY,
+                    self.sub.closed_reason or "closed",
+                )
+            )
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self.ws.close(code=code, reason=reason[:120]), 2.0)
+
+    # --- sending ---------------------------------------------------------------------------------
+    async def _send_loop(self) -> None:
+        while True:
+            batches = await self.sub.get()
+            symbols = self.sub.symbols  # the set in force when these batches were taken
+            if self.sub.closed_reason is not None:
+                return
+            async with self.lock:
+                for b in batches:
+                    frame = b.ws_frame(symbols)
+                    if frame is not None:
+                        await self.ws.send_text(frame)
+
+    async def _send(self, obj: dict[str, Any]) -> None:
+        await self.ws.send_text(_frame(obj))
+
+    # --- receiving -------------------------------------------------------------------------------
+    async def _receive_loop(self) -> None:
+        while True:
+            message = await self.ws.receive()
+            if message["type"] == "websocket.disconnect":
+                return
+            text = message.get("text")
+            try:
+                if text is None:
+                    raise ProtocolError("bad_frame", "send JSON text frames, not binary")
+                await self._handle(_parse(text))
+            except ProtocolError as exc:
+                async with self.lock:
+                    await self._send({"type": "error", "code": exc.code, "message": str(exc)})
+
+    async def _handle(self, msg: dict[str, Any]) -> None:
+        action = msg.get("action")
+        if action == "ping":
+            async with self.lock:
+                await self._send(
+                    {"type": "pong", "ts": time.time_ns(), **({"id": msg["id"]} if "id" in msg else {})}
+                )
+        elif action == "subscribe":
+            await self._subscribe(self._symbols(msg))
+        elif action == "unsubscribe":
+            await self._unsubscribe(self._symbols(msg))
+        elif action == "replay":
+            await self._replay(msg)
+        else:
+            raise ProtocolError(
+                "unknown_action",
+                f"unknown action {action!r}: use subscribe, unsubscribe, ping or replay",
+            )
+
+    def _symbols(self, msg: dict[str, Any]) -> frozenset[str]:
+        raw = msg.get("symbols")
+        if isinstance(raw, str):
+            raw = [s for s in raw.split(",") if s]
+        if not isinstance(raw, list) or not raw or not all(isinstance(s, str) for s in raw):
+            raise ProtocolError("bad_symbols", '"symbols" must be a non-empty list of symbol strings')
+        if "*" in raw:
+            return self.known
+        wanted = frozenset(s.strip().upper() for s in raw)
+        unknown = sorted(wanted - self.known)
+        if unknown:
+            raise ProtocolError("unknown_symbols", f"unknown symbols: {', '.join(unknown[:20])}")
+        return wanted
+
+    async def _subscribe(self, symbols: frozenset[str]) -> None:
+        current = self.sub.symbols or frozenset()
+        target = current | symbols
+        if len(target) > self.max_symbols:
+            raise ProtocolError("too_many_symbols", f"at most {self.max_symbols} symbols per connection")
+        added = sorted(target - current)
+        async with self.lock:
+            self.sub.set_symbols(target)
+            snapshot = self.hub.snapshot(added)
+            await self._send({"type": "subscribed", "symbols": sorted(target)})
+            await self.ws.send_text(_ticks_frame("snapshot", snapshot))
+
+    async def _unsubscribe(self, symbols: frozenset[str]) -> None:
+        target = (self.sub.symbols or frozenset()) - symbols
+        async with self.lock:
+            self.sub.set_symbols(target)
+            await self._send({"type": "unsubscribed", "symbols": sorted(target)})
+
+    async def _replay(self, msg: dict[str, Any]) -> None:
+        start = msg.get("from_seq")
+        if isinstance(start, bool) or not isinstance(start, int) or start < 1:
+            raise ProtocolError("bad_from_seq", '"from_seq" must be a positive integer (a gseq)')
+        symbols = self.sub.symbols
+        if not symbols:
+            raise ProtocolError("not_subscribed", "subscribe to symbols before asking for a replay")
+        last, upto = start - 1, self.hub.last_gseq
+        async with self.lock:  # live frames wait (queued, bounded) until the replay is out
+            async for batch in backfill(self.hub, self.history, symbols, start - 1):
+                if batch.ticks and batch.ticks[0].gseq > upto:
+                    break
+                ticks = [t for t in batch.ticks if last < t.gseq <= upto and t.symbol in symbols]
+                if ticks:
+                    await self.ws.send_text(_ticks_frame("replay", ticks))
+                last = max(last, batch.last_gseq)
+            await self._send({"type": "replay_end", "last_gseq": last})
+
+
+def _parse(text: str) -> dict[str, Any]:
+    try:
+        msg = orjson.loads(text)
+    except orjson.JSONDecodeError as exc:
+        raise ProtocolError("bad_json", f"message is not valid JSON: {exc}") from None
+    if not isinstance(msg, dict):
+        raise ProtocolError("bad_message", 'a message must be a JSON object with an "action"')
+    return msg
