@@ -1,0 +1,3 @@
+"""Shared fixtures live in plugin modules beside the tests; this file only registers them."""
+
+pytest_plugins = ["serverproc"]

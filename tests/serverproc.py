@@ -1,0 +1,137 @@
+"""Real marketfeed servers for tests: `python -m marketfeed serve` in a subprocess on a free port.
+
+Tests talk to them with real clients (httpx, websockets, a browser), exactly as users do. Settings
+go in as `MARKETFEED_*` environment variables, the same way a deployment sets them.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+@dataclass
+class ServerProcess:
+    """One server process; `start`/`stop` may be called repeatedly (same port, same history file)."""
+
+    workdir: Path
+    settings: dict[str, Any] = field(default_factory=dict)
+    port: int = field(default_factory=free_port)
+    proc: subprocess.Popen[bytes] | None = None
+    starts: int = 0
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def ws_url(self) -> str:
+        return f"ws://127.0.0.1:{self.port}/stream/ws"
+
+    @property
+    def log_path(self) -> Path:
+        return self.workdir / f"server-{self.port}.log"
+
+    def env(self) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("MARKETFEED_")}
+        env |= {
+            "MARKETFEED_PORT": str(self.port),
+            "MARKETFEED_HISTORY_PATH": str(self.workdir / "history.sqlite3"),
+            "MARKETFEED_TICK_RATE": "20",
+            "MARKETFEED_FLUSH_MS": "100",
+            "MARKETFEED_LOG_LEVEL": "warning",
+        }
+        env |= {f"MARKETFEED_{k.upper()}": str(v) for k, v in self.settings.items()}
+        return env
+
+    def start(self, timeout: float = 20.0) -> ServerProcess:
+        if self.proc is not None and self.proc.poll() is None:
+            raise RuntimeError("server already running")
+        log = self.log_path.open("ab")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "marketfeed", "serve"],
+            env=self.env(),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        log.close()
+        self.starts += 1
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"server exited with {self.proc.returncode}:\n{self.log_tail()}")
+            try:
+                if httpx.get(self.url + "/health", timeout=1.0).status_code == 200:
+                    return self
+            except httpx.TransportError:
+                pass
+            time.sleep(0.1)
+        self.kill()
+        raise RuntimeError(f"server did not become healthy in {timeout} s:\n{self.log_tail()}")
+
+    def stop(self, timeout: float = 20.0) -> int:
+        """SIGTERM and wait: the graceful path (streams end, history is flushed)."""
+        if self.proc is None or self.proc.poll() is not None:
+            return self.proc.returncode if self.proc else 0
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.kill()
+            raise RuntimeError(f"server ignored SIGTERM for {timeout} s:\n{self.log_tail()}") from None
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait()
+
+    def log_tail(self, lines: int = 40) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return "(no log)"
+
+
+ServerFactory = Callable[..., ServerProcess]
+
+
+@pytest.fixture
+def server_factory(tmp_path: Path) -> Iterator[ServerFactory]:
+    """Make (unstarted) servers: `server_factory(seed=3, tick_rate=50)`; all are killed at the end."""
+    made: list[ServerProcess] = []
+
+    def make(**settings: Any) -> ServerProcess:
+        workdir = tmp_path / f"server{len(made)}"
+        workdir.mkdir()
+        server = ServerProcess(workdir=workdir, settings=settings)
+        made.append(server)
+        return server
+
+    yield make
+    for server in made:
+        server.kill()
+
+
+@pytest.fixture
+def server(server_factory: ServerFactory) -> ServerProcess:
+    """A running server on embedded defaults, 20 steps a second."""
+    return server_factory().start()
