@@ -69,17 +69,20 @@ def one_symbol(rt: Runtime, raw: str) -> str:
     return symbol
 
 
-def to_ns(value: datetime | None) -> int | None:
+def to_ns(value: datetime | None, name: str) -> int | None:
     if value is None:
         return None
     if value.tzinfo is None:  # a naive time means UTC, as everywhere in this API
         value = value.replace(tzinfo=UTC)
     delta = value - datetime(1970, 1, 1, tzinfo=UTC)
-    return (delta.days * 86_400 + delta.seconds) * 1_000_000_000 + delta.microseconds * 1000
+    ns = (delta.days * 86_400 + delta.seconds) * 1_000_000_000 + delta.microseconds * 1000
+    if not 0 <= ns < 2**63:
+        raise HTTPException(400, f"{name} must lie between 1970-01-01 and 2262-04-11 (nanosecond timestamps)")
+    return ns
 
 
 def time_range(start: datetime | None, end: datetime | None) -> tuple[int | None, int | None]:
-    s, e = to_ns(start), to_ns(end)
+    s, e = to_ns(start, "start"), to_ns(end, "end")
     if s is not None and e is not None and s >= e:
         raise HTTPException(400, "start must be before end")
     return s, e

@@ -1,0 +1,128 @@
+"""SSE against a real server: ticks flow in order, resume has no gap and no duplicate, bad input is 4xx."""
+
+from __future__ import annotations
+
+import json
+import socket
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+from serverproc import ServerFactory, ServerProcess
+
+
+def events(response: httpx.Response) -> Iterator[tuple[str, str, str]]:
+    """(event, id, data) of each SSE event; comments and the retry hint are skipped."""
+    event, eid, data = "message", "", list[str]()
+    for line in response.iter_lines():
+        if not line:
+            if data:
+                yield event, eid, "\n".join(data)
+            event, eid, data = "message", "", list[str]()
+        elif line.startswith(":") or line.startswith("retry:"):
+            continue
+        else:
+            name, _, value = line.partition(":")
+            value = value.removeprefix(" ")
+            if name == "event":
+                event = value
+            elif name == "id":
+                eid = value
+            elif name == "data":
+                data.append(value)
+
+
+def read_ticks(url: str, n: int, *, headers: dict[str, str] | None = None) -> list[dict[str, Any]]:
+    ticks: list[dict[str, Any]] = []
+    with httpx.stream("GET", url, headers=headers, timeout=10.0) as response:
+        assert response.status_code == 200
+        assert response.headers["content-type"].startswith("text/event-stream")
+        for event, eid, data in events(response):
+            assert event == "tick"
+            tick = json.loads(data)
+            assert int(eid) == tick["gseq"]
+            ticks.append(tick)
+            if len(ticks) == n:
+                break
+    return ticks
+
+
+def assert_continuous(ticks: list[dict[str, Any]]) -> None:
+    """gseq strictly increasing; each symbol's seq goes up by exactly one."""
+    gseqs = [t["gseq"] for t in ticks]
+    assert gseqs == sorted(set(gseqs)), "gseq must strictly increase with no duplicate"
+    last: dict[str, int] = {}
+    for t in ticks:
+        if t["symbol"] in last:
+            assert t["seq"] == last[t["symbol"]] + 1, f"gap or duplicate in {t['symbol']}: {t}"
+        last[t["symbol"]] = t["seq"]
+
+
+def test_ticks_flow_in_order_for_the_requested_symbols(server: ServerProcess) -> None:
+    ticks = read_ticks(server.url + "/stream/sse?symbols=NOVA,QBIT", 40)
+    assert {t["symbol"] for t in ticks} == {"NOVA", "QBIT"}
+    assert_continuous(ticks)
+    for t in ticks:
+        assert t["bid"] < t["ask"]
+        assert t["bid"] <= t["price"] <= t["ask"]
+        assert t["size"] >= 1
+        assert t["vol"] > 0
+
+
+def test_resume_after_disconnect_has_no_gap_and_no_duplicate(server: ServerProcess) -> None:
+    url = server.url + "/stream/sse?symbols=NOVA,OILX"
+    first = read_ticks(url, 10)
+    time.sleep(1.0)  # the market moves on while the client is away (20 steps)
+    second = read_ticks(url, 60, headers={"Last-Event-ID": str(first[-1]["gseq"])})
+    assert second[0]["gseq"] > first[-1]["gseq"]
+    assert_continuous(first + second)
+
+
+def test_resume_across_a_server_restart(server: ServerProcess) -> None:
+    url = server.url + "/stream/sse?symbols=CHIP"
+    first = read_ticks(url, 5)
+    time.sleep(0.5)
+    server.stop()
+    server.start()
+    # The gap spans the ticks made before the stop (now only in the history file) and those after.
+    second = read_ticks(url, 30, headers={"Last-Event-ID": str(first[-1]["gseq"])})
+    assert_continuous(first + second)
+
+
+def test_resume_from_history_when_the_ring_no_longer_reaches(server_factory: ServerFactory) -> None:
+    server = server_factory(ring_ticks=1000, tick_rate=100).start()  # 1,000 ticks = 2.5 s of market
+    url = server.url + "/stream/sse?symbols=GENE"
+    first = read_ticks(url, 3)
+    time.sleep(4.0)
+    second = read_ticks(url, 500, headers={"Last-Event-ID": str(first[-1]["gseq"])})
+    assert_continuous(first + second)
+
+
+def test_bad_requests_get_a_clear_4xx(server: ServerProcess) -> None:
+    r = httpx.get(server.url + "/stream/sse?symbols=NOVA,NOPE")
+    assert r.status_code == 404
+    assert "NOPE" in r.json()["detail"]
+    r = httpx.get(server.url + "/stream/sse", headers={"Last-Event-ID": "12; DROP TABLE ticks"})
+    assert r.status_code == 400
+    assert "Last-Event-ID" in r.json()["detail"]
+
+
+def test_a_client_that_never_reads_does_not_delay_another(server_factory: ServerFactory) -> None:
+    server = server_factory(tick_rate=50, client_queue=8, slow_client_seconds=2).start()
+    stalled = socket.create_connection(("127.0.0.1", server.port))
+    stalled.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    stalled.sendall(b"GET /stream/sse HTTP/1.1\r\nHost: x\r\n\r\n")  # and then never reads
+    try:
+        time.sleep(1.0)
+        start = time.time_ns()
+        ticks = read_ticks(server.url + "/stream/sse", 20 * 50 * 3)  # 3 s of the whole market
+        elapsed = (time.time_ns() - start) / 1e9
+        lags = sorted((time.time_ns() - t["ts"]) / 1e9 for t in ticks[-200:])
+        assert_continuous(ticks)
+        assert elapsed < 5.0, f"3 s of ticks took {elapsed:.1f} s to arrive"
+        assert lags[-1] < 1.0, f"the reading client fell {lags[-1]:.2f} s behind"
+        metrics = httpx.get(server.url + "/metrics").text
+        assert "marketfeed_clients" in metrics
+    finally:
+        stalled.close()

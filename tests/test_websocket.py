@@ -1,0 +1,100 @@
+"""The WebSocket protocol against a real server, with the `websockets` client bots use."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+
+from serverproc import ServerProcess
+from websockets.asyncio.client import ClientConnection, connect
+
+
+async def recv(ws: ClientConnection, seconds: float = 5.0) -> dict[str, Any]:
+    message = json.loads(await asyncio.wait_for(ws.recv(), seconds))
+    assert isinstance(message, dict)
+    return message
+
+
+async def recv_type(ws: ClientConnection, kind: str, seconds: float = 5.0) -> dict[str, Any]:
+    """The next message of type `kind`, skipping acks and tick frames that may arrive before it."""
+    while True:
+        message = await recv(ws, seconds)
+        if message["type"] == kind:
+            return message
+        assert message["type"] in ("ticks", "subscribed", "snapshot"), message
+
+
+def test_subscribe_snapshot_ticks_unsubscribe(server: ServerProcess) -> None:
+    async def scenario() -> None:
+        async with connect(server.ws_url) as ws:
+            await ws.send(json.dumps({"action": "subscribe", "symbols": ["NOVA", "bnkr"]}))
+            assert await recv(ws) == {"type": "subscribed", "symbols": ["BNKR", "NOVA"]}
+            snapshot = await recv(ws)
+            assert snapshot["type"] == "snapshot"
+            assert sorted(t["symbol"] for t in snapshot["data"]) == ["BNKR", "NOVA"]
+            seen: dict[str, int] = {t["symbol"]: t["seq"] for t in snapshot["data"]}
+            for _ in range(5):
+                frame = await recv(ws)
+                assert frame["type"] == "ticks"
+                assert {t["symbol"] for t in frame["data"]} <= {"BNKR", "NOVA"}
+                for t in frame["data"]:  # live ticks continue the snapshot with no gap
+                    assert t["seq"] == seen[t["symbol"]] + 1
+                    seen[t["symbol"]] = t["seq"]
+            await ws.send(json.dumps({"action": "unsubscribe", "symbols": ["NOVA"]}))
+            assert (await recv_type(ws, "unsubscribed"))["symbols"] == ["BNKR"]
+            for _ in range(3):
+                frame = await recv(ws)
+                assert {t["symbol"] for t in frame["data"]} == {"BNKR"}
+
+    asyncio.run(scenario())
+
+
+def test_bad_messages_get_error_frames_and_the_connection_goes_on(server: ServerProcess) -> None:
+    async def scenario() -> None:
+        async with connect(server.ws_url) as ws:
+            cases: list[tuple[str | bytes, str]] = [
+                ("{not json", "bad_json"),
+                ("[1, 2]", "bad_message"),
+                (json.dumps({"action": "dance"}), "unknown_action"),
+                (json.dumps({"action": "subscribe", "symbols": ["NOVA", "ZZZZ"]}), "unknown_symbols"),
+                (json.dumps({"action": "subscribe", "symbols": "NOVA" * 0}), "bad_symbols"),
+                (json.dumps({"action": "subscribe", "symbols": [1, 2]}), "bad_symbols"),
+                (json.dumps({"action": "replay", "from_seq": "x"}), "bad_from_seq"),
+                (b"\x00\x01binary", "bad_frame"),
+            ]
+            for message, code in cases:
+                await ws.send(message)
+                error = await recv(ws)
+                assert (error["type"], error["code"]) == ("error", code), (message, error)
+                assert error["message"]
+            await ws.send(json.dumps({"action": "ping", "id": 7}))
+            pong = await recv(ws)
+            assert pong["type"] == "pong"
+            assert pong["id"] == 7
+            await ws.send(json.dumps({"action": "subscribe", "symbols": ["UTIL"]}))
+            assert (await recv(ws))["type"] == "subscribed"
+
+    asyncio.run(scenario())
+
+
+def test_replay_fills_a_gap_from_the_ring_and_history(server: ServerProcess) -> None:
+    async def scenario() -> None:
+        async with connect(server.ws_url) as ws:
+            await ws.send(json.dumps({"action": "subscribe", "symbols": ["AERO"]}))
+            await recv_type(ws, "snapshot")
+            await asyncio.sleep(1.0)
+            await ws.send(json.dumps({"action": "replay", "from_seq": 1}))
+            replayed: list[dict[str, Any]] = []
+            while True:
+                message = await recv(ws)
+                if message["type"] == "replay":
+                    replayed.extend(message["data"])
+                elif message["type"] == "replay_end":
+                    break
+            seqs = [t["seq"] for t in replayed]
+            assert seqs[0] == 1
+            assert seqs == list(range(1, len(seqs) + 1))
+            assert all(t["symbol"] == "AERO" for t in replayed)
+
+    asyncio.run(scenario())
