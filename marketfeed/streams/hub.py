@@ -127,9 +127,7 @@ class Hub:
 
     def recent(self, after_gseq: int) -> list[TickBatch] | None:
         """Batches holding every tick newer than `after_gseq`, or None if the ring no longer reaches back."""
-        if not self._ring:
-            return []
-        if self._ring[0].ticks[0].gseq > after_gseq + 1:
+        if not self._ring or self._ring[0].ticks[0].gseq > after_gseq + 1:
             return None  # the ring starts after the client's position: the caller fills from history
         return [b for b in self._ring if b.last_gseq > after_gseq]
 
