@@ -16,6 +16,7 @@ from marketfeed import __version__
 from marketfeed.config import Settings
 from marketfeed.routes import router
 from marketfeed.runtime import Runtime
+from marketfeed.security import RedactKeys
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +52,10 @@ def public_dir() -> Path:
 
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings if settings is not None else Settings()
+    for name in ("uvicorn.access", "uvicorn.error"):  # both print request paths with their query
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, RedactKeys) for f in logger.filters):
+            logger.addFilter(RedactKeys())
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:

@@ -67,13 +67,25 @@ class Settings(BaseSettings):
     max_symbols: int = Field(1000, ge=1, description="subscriptions per connection")
     max_message_bytes: int = Field(64 * 1024, ge=256, description="largest WebSocket message accepted")
     history_limit: int = Field(10_000, ge=1, description="most rows one history request returns")
+    max_connections_per_ip: int = Field(200, ge=1, description="open streams per client address")
+    max_messages_per_second: float = Field(
+        20.0, gt=0, description="WebSocket messages a connection may send per second (burst: 5x)"
+    )
+
+    # --- access ----------------------------------------------------------------------------------
+    api_keys: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="comma-separated keys for streams and history (default: open)"
+    )
+    admin_keys: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="comma-separated keys for the control endpoints"
+    )
     ws_compression: bool = Field(False, description="negotiate permessage-deflate (costs CPU)")
     cors_origins: Annotated[list[str], NoDecode] = Field(
         default_factory=list, description="comma-separated origins allowed by CORS (default: none)"
     )
     log_level: str = Field("info", description="critical | error | warning | info | debug")
 
-    @field_validator("cors_origins", mode="before")
+    @field_validator("cors_origins", "api_keys", "admin_keys", mode="before")
     @classmethod
     def _split_origins(cls, value: object) -> object:
         if isinstance(value, str):

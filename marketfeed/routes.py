@@ -10,7 +10,7 @@ from enum import StrEnum
 from typing import Annotated, Any
 
 import orjson
-from fastapi import APIRouter, Header, HTTPException, Query, Request, WebSocket
+from fastapi import APIRouter, Depends, Header, HTTPException, Query, Request, WebSocket
 from fastapi.responses import PlainTextResponse, Response
 
 from marketfeed import metrics
@@ -18,14 +18,16 @@ from marketfeed.engine import SECONDS_PER_YEAR
 from marketfeed.history.candles import Candle, Interval
 from marketfeed.runtime import Runtime
 from marketfeed.schemas import CandlesPage, ErrorResponse, QuotesResponse, SymbolInfo, TicksPage
+from marketfeed.security import key_allowed, presented_key
 from marketfeed.streams.sse import EventStream
-from marketfeed.streams.websocket import Session
+from marketfeed.streams.websocket import CLOSE_POLICY, CLOSE_TRY_AGAIN, Session
 from marketfeed.ticks import SCHEMA_VERSION
 
 router = APIRouter()
 
 ERRORS: dict[int | str, dict[str, Any]] = {
     400: {"model": ErrorResponse, "description": "malformed or inconsistent parameters"},
+    401: {"model": ErrorResponse, "description": "missing or invalid API key (when keys are configured)"},
     404: {"model": ErrorResponse, "description": "unknown symbol"},
 }
 
@@ -41,6 +43,21 @@ class Format(StrEnum):
 def runtime(request: Request) -> Runtime:
     rt: Runtime = request.app.state.runtime
     return rt
+
+
+async def require_api_key(
+    request: Request,
+    x_api_key: Annotated[str | None, Header(description="an API key, when the server requires one")] = None,
+) -> None:
+    if not key_allowed(presented_key(request), runtime(request).settings.api_keys):
+        raise HTTPException(
+            401,
+            "missing or invalid API key: send it as X-API-Key, Authorization: Bearer, or api_key=",
+            headers={"www-authenticate": "Bearer"},
+        )
+
+
+KEYED = [Depends(require_api_key)]
 
 
 def json_response(obj: Any, status: int = 200) -> Response:
@@ -137,7 +154,9 @@ async def model(request: Request) -> Response:
 
 
 # --- quotes and history -----------------------------------------------------------------------------
-@router.get("/quotes/latest", response_model=QuotesResponse, responses=ERRORS, tags=["quotes"])
+@router.get(
+    "/quotes/latest", response_model=QuotesResponse, responses=ERRORS, tags=["quotes"], dependencies=KEYED
+)
 async def latest_quotes(
     request: Request,
     symbols: Annotated[str | None, Query(description="comma-separated; default: all")] = None,
@@ -152,7 +171,9 @@ async def latest_quotes(
     return json_response({"quotes": [quotes[n].to_dict() for n in names if n in quotes]})
 
 
-@router.get("/history/ticks", response_model=TicksPage, responses=ERRORS, tags=["history"])
+@router.get(
+    "/history/ticks", response_model=TicksPage, responses=ERRORS, tags=["history"], dependencies=KEYED
+)
 async def history_ticks(
     request: Request,
     symbol: Annotated[str, Query(description="one symbol")],
@@ -182,7 +203,9 @@ async def history_ticks(
     return json_response({"symbol": sym, "ticks": [t.to_dict() for t in ticks], "next_cursor": next_cursor})
 
 
-@router.get("/history/candles", response_model=CandlesPage, responses=ERRORS, tags=["history"])
+@router.get(
+    "/history/candles", response_model=CandlesPage, responses=ERRORS, tags=["history"], dependencies=KEYED
+)
 async def history_candles(
     request: Request,
     symbol: Annotated[str, Query(description="one symbol")],
@@ -226,8 +249,10 @@ async def prometheus(request: Request) -> Response:
     summary="Server-Sent Events: `tick` events, id = gseq; resumes after Last-Event-ID",
     responses={
         200: {"content": {"text/event-stream": {}}, "description": "data: one tick (TickModel)"},
+        429: {"model": ErrorResponse, "description": "too many open streams from this address"},
         **ERRORS,
     },
+    dependencies=KEYED,
 )
 async def stream_sse(
     request: Request,
@@ -241,17 +266,42 @@ async def stream_sse(
         if not last_event_id.strip().isdigit() or len(last_event_id.strip()) > 19:
             raise HTTPException(400, "Last-Event-ID must be the id (gseq) of an event this server sent")
         resume = int(last_event_id)
+    address = request.client.host if request.client else "unknown"
+    if not rt.limiter.acquire(address):
+        raise HTTPException(429, f"too many open streams from {address} (limit {rt.limiter.per_address})")
     return EventStream(
-        rt.hub, rt.history, wanted, resume, ping_seconds=rt.settings.ping_seconds, shutdown=rt.shutdown
+        rt.hub,
+        rt.history,
+        wanted,
+        resume,
+        ping_seconds=rt.settings.ping_seconds,
+        shutdown=rt.shutdown,
+        on_close=lambda: rt.limiter.release(address),
     )
 
 
 async def stream_ws(websocket: WebSocket) -> None:
     rt: Runtime = websocket.app.state.runtime
     await websocket.accept()
-    await Session(
-        websocket, rt.hub, rt.history, rt.symbols, max_symbols=rt.settings.max_symbols, shutdown=rt.shutdown
-    ).run()
+    if not key_allowed(presented_key(websocket), rt.settings.api_keys):
+        await websocket.close(code=CLOSE_POLICY, reason="missing or invalid API key")
+        return
+    address = websocket.client.host if websocket.client else "unknown"
+    if not rt.limiter.acquire(address):
+        await websocket.close(code=CLOSE_TRY_AGAIN, reason="too many connections from this address")
+        return
+    try:
+        await Session(
+            websocket,
+            rt.hub,
+            rt.history,
+            rt.symbols,
+            max_symbols=rt.settings.max_symbols,
+            max_rate=rt.settings.max_messages_per_second,
+            shutdown=rt.shutdown,
+        ).run()
+    finally:
+        rt.limiter.release(address)
 
 
 router.add_api_websocket_route("/stream/ws", stream_ws)

@@ -19,6 +19,7 @@ from marketfeed.engine import Simulator, SimulatorState, Universe
 from marketfeed.health import Status
 from marketfeed.history.store import HistoryStore
 from marketfeed.market import Market
+from marketfeed.security import ConnectionLimiter
 from marketfeed.streams.bus import Bus
 from marketfeed.streams.hub import Hub
 from marketfeed.streams.quotes import QuoteCache
@@ -46,6 +47,7 @@ class Runtime:
         self.quotes = make_quote_cache(settings)
         self.history = make_history(settings)
         self.market: Market | None = None
+        self.limiter = ConnectionLimiter(settings.max_connections_per_ip)
         self.shutdown = asyncio.Event()
         self.started_ns = time.time_ns()
         self.steps = 0
@@ -212,6 +214,7 @@ class Runtime:
             "queue_conflated_ticks_total": self.hub.conflated_ticks,
             "slow_client_disconnects_total": self.hub.slow_disconnects,
             "quote_updates_dropped_total": self.quote_updates_dropped,
+            "connections_refused_total": self.limiter.refused,
         }
         for backend in (self.bus, self.quotes, self.history):
             m.update(backend.metrics())

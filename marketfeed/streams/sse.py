@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Callable
 
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
@@ -50,7 +51,9 @@ class EventStream(Response):
         *,
         ping_seconds: float,
         shutdown: asyncio.Event,
+        on_close: Callable[[], None] = lambda: None,
     ) -> None:
+        self.on_close = on_close
         self.hub = hub
         self.history = history
         self.symbols = symbols
@@ -72,6 +75,7 @@ class EventStream(Response):
             await asyncio.wait([writer, *watchers], return_when=asyncio.FIRST_COMPLETED)
         finally:
             self.hub.unsubscribe(sub)
+            self.on_close()
             for task in (writer, *watchers):
                 task.cancel()
             for task in (writer, *watchers):

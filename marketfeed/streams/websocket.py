@@ -30,12 +30,16 @@ import orjson
 from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 
 from marketfeed.history.store import HistoryStore
+from marketfeed.security import TokenBucket
 from marketfeed.streams.backfill import backfill
 from marketfeed.streams.hub import Hub, Subscriber
 from marketfeed.ticks import Tick
 
 CLOSE_GOING_AWAY = 1001
 CLOSE_POLICY = 1008
+CLOSE_TRY_AGAIN = 1013
+#: Messages refused for rate in a row before the connection is closed as abusive.
+MAX_REFUSALS = 100
 
 
 class ProtocolError(ValueError):
@@ -65,6 +69,7 @@ class Session:
         *,
         max_symbols: int,
         shutdown: asyncio.Event,
+        max_rate: float = 20.0,
     ) -> None:
         self.ws = ws
         self.hub = hub
@@ -73,6 +78,8 @@ class Session:
         self.max_symbols = max_symbols
         self.shutdown = shutdown
         self.sub: Subscriber = hub.subscribe(frozenset())
+        self.bucket = TokenBucket(max_rate, 5 * max_rate)
+        self.refusals = 0
         # Snapshots, acks and tick frames must not interleave: a new symbol's snapshot goes out before
         # any of its live ticks.
         self.lock = asyncio.Lock()
@@ -132,6 +139,13 @@ class Session:
                 return
             text = message.get("text")
             try:
+                if not self.bucket.take():
+                    self.refusals += 1
+                    if self.refusals > MAX_REFUSALS:
+                        self.sub.close("message rate limit exceeded repeatedly")
+                        return
+                    raise ProtocolError("rate_limited", "too many messages: slow down")
+                self.refusals = 0
                 if text is None:
                     raise ProtocolError("bad_frame", "send JSON text frames, not binary")
                 await self._handle(_parse(text))
