@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import resource
 import time
 from collections.abc import Coroutine
 from concurrent.futures import ThreadPoolExecutor
@@ -26,6 +27,13 @@ from marketfeed.streams.quotes import QuoteCache
 from marketfeed.ticks import TickBatch
 
 log = logging.getLogger(__name__)
+
+
+def raise_open_file_limit() -> None:
+    """Each client is a socket: lift the soft descriptor limit (often 1,024) to the hard one."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
 class IncompatibleHistoryError(RuntimeError):
@@ -61,6 +69,7 @@ class Runtime:
 
     # --- lifecycle -------------------------------------------------------------------------------
     async def start(self) -> None:
+        raise_open_file_limit()
         await self.history.start()
         await self.quotes.start()
         await self.bus.start()

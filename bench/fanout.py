@@ -1,0 +1,289 @@
+"""Fan-out benchmark: N streaming clients on loopback against the real server, and against a bare one.
+
+    .venv/bin/python bench/fanout.py                      # WebSocket, 10 / 100 / 1,000 clients
+    .venv/bin/python bench/fanout.py --transport sse
+    .venv/bin/python bench/fanout.py --quick              # a tiny run (the test suite uses it)
+
+The server runs the real engine with a universe of `--symbols` symbols at `--rate` steps a second, so
+every client subscribed to everything receives one frame of `--symbols` ticks per step. Latency is
+engine-to-client: the receive time minus the tick's own `ts`. The baseline (bench/bare_server.py) is
+the least a server can do: one shared pre-encoded frame per step and one send per client. The load
+generator runs in `--procs` client processes on the same machine, so both servers share the cores
+with it alike.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import multiprocessing as mp
+import os
+import resource
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+from websockets.asyncio.client import connect
+
+from marketfeed.engine import Universe
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def raise_fd_limit() -> None:
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
+def universe_file(n: int, directory: Path) -> Path:
+    """The default universe tiled to n symbols (same parameters, new names)."""
+    data = Universe.default().to_dict()
+    data["assets"] = [dict(data["assets"][i % len(data["assets"])], symbol=f"S{i:03d}") for i in range(n)]
+    Universe.from_dict(data).validate()
+    path = directory / "universe.json"
+    path.write_text(json.dumps(data))
+    return path
+
+
+# --- load generator (runs in child processes) -----------------------------------------------------------
+def first_ts(text: str) -> int:
+    """The `ts` of the first tick in a frame, without parsing the frame (the client must stay cheap)."""
+    i = text.find('"ts":') + 5
+    return int(text[i : text.index(",", i)])
+
+
+async def ws_client(url: str, until: float, warmup: float, out: list[Any], stall: bool) -> None:
+    async with connect(url, compression=None, max_size=2**24, max_queue=4 if stall else 64) as ws:
+        await ws.send('{"action":"subscribe","symbols":["*"]}')
+        if stall:  # subscribe, then never read again
+            await asyncio.sleep(max(0.0, until - time.time()))
+            return
+        frames = ticks = 0
+        lat: list[float] = []
+        while (now := time.time()) < until:
+            try:
+                msg = await asyncio.wait_for(ws.recv(), max(0.01, until - now))
+            except TimeoutError:
+                break
+            if not isinstance(msg, str) or not msg.startswith('{"type":"ticks"'):
+                continue
+            t = time.time_ns()
+            if t / 1e9 < warmup:
+                continue
+            frames += 1
+            ticks += msg.count('"symbol"')
+            lat.append((t - first_ts(msg)) / 1e6)
+        out.append((frames, ticks, lat))
+
+
+async def sse_client(url: str, until: float, warmup: float, out: list[Any], stall: bool) -> None:
+    frames = ticks = 0
+    lat: list[float] = []
+    async with httpx.AsyncClient(timeout=None) as client, client.stream("GET", url) as response:
+        async for chunk in response.aiter_text():
+            if stall:
+                await asyncio.sleep(max(0.0, until - time.time()))
+                return
+            now = time.time()
+            if now >= until:
+                break
+            if now < warmup or "event: tick" not in chunk:
+                continue
+            frames += 1
+            ticks += chunk.count("event: tick")
+            lat.append((time.time_ns() - first_ts(chunk)) / 1e6)
+    out.append((frames, ticks, lat))
+
+
+def load_process(
+    url: str, transport: str, n: int, start: float, seconds: float, warmup: float, stall: int, queue: Any
+) -> None:
+    raise_fd_limit()
+
+    async def run() -> list[Any]:
+        out: list[Any] = []
+        client = ws_client if transport == "ws" else sse_client
+        until = start + warmup + seconds
+        await asyncio.gather(
+            *(client(url, until, start + warmup, out, i < stall) for i in range(n)),
+            return_exceptions=False,
+        )
+        return out
+
+    results = asyncio.run(run())
+    frames = sum(r[0] for r in results)
+    ticks = sum(r[1] for r in results)
+    lat = [x for r in results for x in r[2]]
+    queue.put((frames, ticks, lat))
+
+
+@dataclass
+class Result:
+    clients: int
+    frames_per_s: float
+    ticks_per_s: float
+    p50_ms: float
+    p99_ms: float
+
+
+def measure(
+    url: str, transport: str, clients: int, procs: int, seconds: float, warmup: float, stall: int = 0
+) -> Result:
+    ctx = mp.get_context("spawn")
+    queue = ctx.Queue()
+    start = time.time() + 1.0 + clients / 500  # time for every process to connect its clients
+    per = [clients // procs + (1 if i < clients % procs else 0) for i in range(procs)]
+    workers = [
+        ctx.Process(
+            target=load_process,
+            args=(url, transport, n, start, seconds, warmup, stall if i == 0 else 0, queue),
+        )
+        for i, n in enumerate(per)
+        if n
+    ]
+    for w in workers:
+        w.start()
+    parts = [queue.get(timeout=seconds + warmup + 120) for _ in workers]
+    for w in workers:
+        w.join()
+    frames = sum(p[0] for p in parts)
+    ticks = sum(p[1] for p in parts)
+    lat = np.array([x for p in parts for x in p[2]] or [float("nan")])
+    return Result(
+        clients,
+        frames / seconds,
+        ticks / seconds,
+        float(np.percentile(lat, 50)),
+        float(np.percentile(lat, 99)),
+    )
+
+
+class Server:
+    def __init__(self, argv: list[str], env: dict[str, str], port: int) -> None:
+        self.port = port
+        self.proc = subprocess.Popen(argv, env=env, preexec_fn=raise_fd_limit)
+        deadline = time.time() + 30
+        while time.time() < deadline:
+            try:
+                with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                    return
+            except OSError:
+                time.sleep(0.1)
+        raise RuntimeError("server did not start")
+
+    def close(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(30)
+
+
+def marketfeed_server(args: argparse.Namespace, workdir: Path) -> tuple[Server, str, str]:
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MARKETFEED_")} | {
+        "MARKETFEED_PORT": str(port),
+        "MARKETFEED_TICK_RATE": str(args.rate),
+        "MARKETFEED_UNIVERSE": str(universe_file(args.symbols, workdir)),
+        "MARKETFEED_HISTORY_PATH": str(workdir / f"history-{port}.sqlite3"),
+        "MARKETFEED_MAX_CONNECTIONS_PER_IP": "100000",
+        "MARKETFEED_SLOW_CLIENT_SECONDS": "5",
+        "MARKETFEED_LOG_LEVEL": "warning",
+    }
+    server = Server([sys.executable, "-m", "marketfeed", "serve"], env, port)
+    time.sleep(0.5)
+    return server, f"ws://127.0.0.1:{port}/stream/ws", f"http://127.0.0.1:{port}/stream/sse"
+
+
+def bare_server(args: argparse.Namespace) -> tuple[Server, str]:
+    port = free_port()
+    argv = [
+        sys.executable,
+        str(ROOT / "bench" / "bare_server.py"),
+        "--port",
+        str(port),
+        "--rate",
+        str(args.rate),
+        "--ticks",
+        str(args.symbols),
+    ]
+    return Server(argv, dict(os.environ), port), f"ws://127.0.0.1:{port}/stream/ws"
+
+
+def row(name: str, r: Result, base: Result | None = None) -> str:
+    ratio = f"{r.frames_per_s / base.frames_per_s:6.2f}" if base and base.frames_per_s else "     -"
+    return (
+        f"{name:<22}{r.clients:>8}{r.frames_per_s:>12,.0f}{r.ticks_per_s:>14,.0f}"
+        f"{r.p50_ms:>10.1f}{r.p99_ms:>10.1f}{ratio:>8}"
+    )
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--clients", default="10,100,1000", help="comma-separated client counts")
+    p.add_argument("--transport", choices=["ws", "sse"], default="ws")
+    p.add_argument("--symbols", type=int, default=100, help="symbols (= ticks per frame)")
+    p.add_argument("--rate", type=float, default=25.0, help="engine steps per second")
+    p.add_argument("--seconds", type=float, default=8.0, help="measured seconds per run")
+    p.add_argument("--warmup", type=float, default=2.0)
+    p.add_argument("--procs", type=int, default=2, help="load-generator processes")
+    p.add_argument("--no-stall", action="store_true", help="skip the one-stalled-client run")
+    p.add_argument("--quick", action="store_true", help="tiny configuration for the test suite")
+    args = p.parse_args()
+    if args.quick:
+        args.clients, args.symbols, args.rate, args.seconds, args.warmup, args.procs = (
+            "3",
+            5,
+            10.0,
+            1.0,
+            0.5,
+            1,
+        )
+    raise_fd_limit()
+    counts = [int(c) for c in args.clients.split(",")]
+    print(
+        f"fan-out over {args.transport}: {args.symbols} ticks per frame, {args.rate:g} frames/s per client, "
+        f"{args.procs} load processes, {os.cpu_count()} cores"
+    )
+    print(
+        f"{'server':<22}{'clients':>8}{'frames/s':>12}{'ticks/s':>14}{'p50 ms':>10}{'p99 ms':>10}{'ratio':>8}"
+    )
+    with tempfile.TemporaryDirectory() as tmp:
+        for n in counts:
+            base = None
+            if args.transport == "ws":
+                bare, bare_url = bare_server(args)
+                try:
+                    base = measure(bare_url, "ws", n, args.procs, args.seconds, args.warmup)
+                finally:
+                    bare.close()
+                print(row("bare (baseline)", base))
+            server, ws_url, sse_url = marketfeed_server(args, Path(tmp))
+            url = ws_url if args.transport == "ws" else sse_url
+            try:
+                r = measure(url, args.transport, n, args.procs, args.seconds, args.warmup)
+                print(row("marketfeed", r, base))
+                if not args.no_stall and not args.quick:
+                    s = measure(url, args.transport, n, args.procs, args.seconds, args.warmup, stall=1)
+                    print(
+                        row("marketfeed +1 stalled", s, base)
+                        + f"   p99 change {100 * (s.p99_ms / r.p99_ms - 1):+.0f}%"
+                    )
+            finally:
+                server.close()
+
+
+if __name__ == "__main__":
+    main()
