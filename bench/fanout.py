@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import multiprocessing as mp
 import os
@@ -29,9 +30,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import httpx
 import numpy as np
-from websockets.asyncio.client import connect
+import uvloop
 
 from marketfeed.engine import Universe
 
@@ -61,53 +61,111 @@ def universe_file(n: int, directory: Path) -> Path:
 
 
 # --- load generator (runs in child processes) -----------------------------------------------------------
-def first_ts(text: str) -> int:
-    """The `ts` of the first tick in a frame, without parsing the frame (the client must stay cheap)."""
-    i = text.find('"ts":') + 5
-    return int(text[i : text.index(",", i)])
+# A raw asyncio protocol, not a client library: the load generator shares the two cores with the
+# server, so each received frame must cost it as little as possible. It reads the WebSocket frame
+# header, counts ticks with bytes.count and reads the first tick's `ts`, nothing more.
+
+SUBSCRIBE = b'{"action":"subscribe","symbols":["*"]}'
 
 
-async def ws_client(url: str, until: float, warmup: float, out: list[Any], stall: bool) -> None:
-    async with connect(url, compression=None, max_size=2**24, max_queue=4 if stall else 64) as ws:
-        await ws.send('{"action":"subscribe","symbols":["*"]}')
-        if stall:  # subscribe, then never read again
-            await asyncio.sleep(max(0.0, until - time.time()))
-            return
-        frames = ticks = 0
-        lat: list[float] = []
-        while (now := time.time()) < until:
-            try:
-                msg = await asyncio.wait_for(ws.recv(), max(0.01, until - now))
-            except TimeoutError:
-                break
-            if not isinstance(msg, str) or not msg.startswith('{"type":"ticks"'):
-                continue
-            t = time.time_ns()
-            if t / 1e9 < warmup:
-                continue
-            frames += 1
-            ticks += msg.count('"symbol"')
-            lat.append((t - first_ts(msg)) / 1e6)
-        out.append((frames, ticks, lat))
+def masked_text_frame(payload: bytes) -> bytes:
+    mask = os.urandom(4)
+    body = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+    return bytes([0x81, 0x80 | len(payload)]) + mask + body  # short payloads only (< 126 bytes)
 
 
-async def sse_client(url: str, until: float, warmup: float, out: list[Any], stall: bool) -> None:
-    frames = ticks = 0
-    lat: list[float] = []
-    async with httpx.AsyncClient(timeout=None) as client, client.stream("GET", url) as response:
-        async for chunk in response.aiter_text():
-            if stall:
-                await asyncio.sleep(max(0.0, until - time.time()))
+class Probe(asyncio.Protocol):
+    """Counts frames and ticks and samples latency from the bytes as they arrive."""
+
+    def __init__(self, path: str, port: int, transport_kind: str, warmup: float, stall: bool) -> None:
+        self.kind = transport_kind
+        self.request = (
+            f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
+            + (
+                "Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\n"
+                "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+                if transport_kind == "ws"
+                else "Accept: text/event-stream\r\n"
+            )
+            + "\r\n"
+        ).encode()
+        self.warmup = warmup
+        self.stall = stall
+        self.buf = bytearray()
+        self.headers_done = False
+        self.frames = 0
+        self.ticks = 0
+        self.lat: list[float] = []
+        self.closed = asyncio.get_running_loop().create_future()
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport: Any = transport  # uvloop's transports are not asyncio.Transport subclasses
+        self.transport.write(self.request)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self.closed.done():
+            self.closed.set_result(None)
+
+    def data_received(self, data: bytes) -> None:
+        now = time.time_ns()
+        if not self.headers_done:
+            self.buf += data
+            end = self.buf.find(b"\r\n\r\n")
+            if end < 0:
                 return
-            now = time.time()
-            if now >= until:
-                break
-            if now < warmup or "event: tick" not in chunk:
-                continue
-            frames += 1
-            ticks += chunk.count("event: tick")
-            lat.append((time.time_ns() - first_ts(chunk)) / 1e6)
-    out.append((frames, ticks, lat))
+            self.headers_done = True
+            data = bytes(self.buf[end + 4 :])
+            self.buf.clear()
+            if self.kind == "ws":
+                self.transport.write(masked_text_frame(SUBSCRIBE))
+            if self.stall:
+                self.transport.pause_reading()
+                return
+        if self.kind == "sse":
+            self._count(data, now, b"event: tick")
+            return
+        self.buf += data
+        while len(self.buf) >= 2:
+            n = self.buf[1] & 0x7F
+            head = 2
+            if n == 126:
+                if len(self.buf) < 4:
+                    return
+                n, head = int.from_bytes(self.buf[2:4], "big"), 4
+            elif n == 127:
+                if len(self.buf) < 10:
+                    return
+                n, head = int.from_bytes(self.buf[2:10], "big"), 10
+            if len(self.buf) < head + n:
+                return
+            payload = bytes(self.buf[head : head + n])
+            del self.buf[: head + n]
+            if payload.startswith(b'{"type":"ticks"'):
+                self._count(payload, now, b'"symbol"')
+
+    def _count(self, payload: bytes, now: int, marker: bytes) -> None:
+        i = payload.find(b'"ts":')
+        if i < 0 or now / 1e9 < self.warmup:
+            return
+        self.frames += 1
+        self.ticks += payload.count(marker)
+        i += 5
+        self.lat.append((now - int(payload[i : payload.index(b",", i)])) / 1e6)
+
+
+async def probe(url: str, kind: str, until: float, warmup: float, out: list[Any], stall: bool) -> None:
+    rest = url.split("//", 1)[1]
+    hostport, path = rest.split("/", 1)
+    port = int(hostport.split(":")[1])
+    loop = asyncio.get_running_loop()
+    transport, proto = await loop.create_connection(
+        lambda: Probe("/" + path, port, kind, warmup, stall), "127.0.0.1", port
+    )
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(asyncio.shield(proto.closed), max(0.0, until - time.time()))
+    transport.close()
+    if not stall:
+        out.append((proto.frames, proto.ticks, proto.lat))
 
 
 def load_process(
@@ -117,14 +175,14 @@ def load_process(
 
     async def run() -> list[Any]:
         out: list[Any] = []
-        client = ws_client if transport == "ws" else sse_client
         until = start + warmup + seconds
+        await asyncio.sleep(max(0.0, start - 1.0 - time.time()))
         await asyncio.gather(
-            *(client(url, until, start + warmup, out, i < stall) for i in range(n)),
-            return_exceptions=False,
+            *(probe(url, transport, until, start + warmup, out, i < stall) for i in range(n))
         )
         return out
 
+    uvloop.install()
     results = asyncio.run(run())
     frames = sum(r[0] for r in results)
     ticks = sum(r[1] for r in results)
