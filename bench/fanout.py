@@ -28,7 +28,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import uvloop
@@ -99,7 +99,7 @@ class Probe(asyncio.Protocol):
         self.closed = asyncio.get_running_loop().create_future()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport: Any = transport  # uvloop's transports are not asyncio.Transport subclasses
+        self.transport: Any = cast(Any, transport)  # uvloop's transports are not asyncio.Transport subclasses
         self.transport.write(self.request)
 
     def connection_lost(self, exc: Exception | None) -> None:
