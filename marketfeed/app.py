@@ -68,7 +68,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         finally:
             await rt.close()
 
-    app = FastAPI(title="marketfeed", version=__version__, description=DESCRIPTION, lifespan=lifespan)
+    app = FastAPI(
+        title="marketfeed",
+        version=__version__,
+        description=DESCRIPTION,
+        lifespan=lifespan,
+        # FastAPI's native OpenTelemetry hooks wrap every connection; we export Prometheus metrics instead.
+        telemetry={"tracing": False, "metrics": False, "logs": False},
+    )
     app.state.settings = settings
     app.include_router(router)
 

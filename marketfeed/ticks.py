@@ -7,6 +7,7 @@ clients watching the same symbols cost one encoding, not a thousand.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -81,6 +82,7 @@ class Tick:
         return cls.from_dict(orjson.loads(data))
 
 
+@functools.lru_cache(maxsize=4096)  # the ticks of one engine step share their timestamp
 def iso_time(ts_ns: int) -> str:
     seconds, ns = divmod(ts_ns, 1_000_000_000)
     return datetime.fromtimestamp(seconds, UTC).strftime("%Y-%m-%dT%H:%M:%S") + f".{ns // 1000:06d}Z"

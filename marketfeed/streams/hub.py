@@ -97,6 +97,7 @@ class Hub:
         self._client_queue = client_queue
         self._slow_after = slow_after
         self._subscribers: set[Subscriber] = set()
+        self._sets: dict[frozenset[str], frozenset[str]] = {}
         self.latest: dict[str, Tick] = {}
         self.watchers: Counter[str] = Counter()  #: live subscribers per symbol (hot symbols)
         self.published_ticks = 0
@@ -139,7 +140,17 @@ class Hub:
         return [self.latest[s] for s in symbols if s in self.latest]
 
     # --- subscribers -----------------------------------------------------------------------------
+    def intern(self, symbols: SymbolSet) -> SymbolSet:
+        """One shared object per distinct symbol set: frame caches then match by identity, not by
+        comparing sets element by element, on every frame of every client."""
+        if symbols is None:
+            return None
+        if len(self._sets) > 10_000:  # a storm of distinct sets must not grow memory without bound
+            self._sets.clear()
+        return self._sets.setdefault(symbols, symbols)
+
     def subscribe(self, symbols: SymbolSet) -> Subscriber:
+        symbols = self.intern(symbols)
         sub = Subscriber(self, symbols, self._client_queue, self._slow_after)
         self._subscribers.add(sub)
         self._count(symbols, +1)
@@ -151,6 +162,7 @@ class Hub:
             self._count(sub.symbols, -1)
 
     def retarget(self, sub: Subscriber, symbols: SymbolSet) -> None:
+        symbols = self.intern(symbols)
         if sub in self._subscribers:
             self._count(sub.symbols, -1)
             self._count(symbols, +1)

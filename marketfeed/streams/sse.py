@@ -102,8 +102,8 @@ class EventStream(Response):
             last = self.hub.last_gseq
         else:
             last = self.last_event_id
-            async for batch in backfill(self.hub, self.history, self.symbols, last):
-                chunk = batch.sse_chunk(self.symbols, last)
+            async for batch in backfill(self.hub, self.history, sub.symbols, last):
+                chunk = batch.sse_chunk(sub.symbols, last)
                 if chunk:
                     await write(chunk)
                 last = max(last, batch.last_gseq)
@@ -115,7 +115,7 @@ class EventStream(Response):
             if not batches:
                 await write(b": ping\n\n")
                 continue
-            chunk = b"".join(b.sse_chunk(self.symbols, last) for b in batches)
+            chunk = b"".join(b.sse_chunk(sub.symbols, last) for b in batches)
             last = max(last, batches[-1].last_gseq)
             if chunk:
                 await write(chunk)
