@@ -59,6 +59,9 @@ async def require_api_key(
 
 KEYED = [Depends(require_api_key)]
 
+#: The history endpoints also answer `format=csv`.
+WITH_CSV: dict[int | str, dict[str, Any]] = {**ERRORS, 200: {"content": {"text/csv": {}}}}
+
 
 def json_response(obj: Any, status: int = 200) -> Response:
     return Response(orjson.dumps(obj), status_code=status, media_type="application/json")
@@ -172,7 +175,7 @@ async def latest_quotes(
 
 
 @router.get(
-    "/history/ticks", response_model=TicksPage, responses=ERRORS, tags=["history"], dependencies=KEYED
+    "/history/ticks", response_model=TicksPage, responses=WITH_CSV, tags=["history"], dependencies=KEYED
 )
 async def history_ticks(
     request: Request,
@@ -204,7 +207,7 @@ async def history_ticks(
 
 
 @router.get(
-    "/history/candles", response_model=CandlesPage, responses=ERRORS, tags=["history"], dependencies=KEYED
+    "/history/candles", response_model=CandlesPage, responses=WITH_CSV, tags=["history"], dependencies=KEYED
 )
 async def history_candles(
     request: Request,
