@@ -90,9 +90,12 @@ MF_INLINE float vlogf(float x) {
 // layout simple. Both of Giles' branches are evaluated and one is selected, so the loop stays
 // branch-free. u is taken from the top 24 bits at odd multiples of 2^-25, so |z| <= 5.4.
 MF_INLINE float normal_from_bits(std::uint32_t r) {
-  const float u = static_cast<float>(static_cast<std::int32_t>(r >> 8)) * 0x1p-24f + 0x1p-25f;
-  const float x = 2.0f * u - 1.0f;
-  const float w = -vlogf(4.0f * u * (1.0f - u));  // = -log((1 - x)(1 + x)) without cancellation
+  // x = 2u - 1 = (2k + 1 - 2^24) / 2^24 for the top 24 bits k: an odd integer below 2^24 in
+  // magnitude, so x, 1 - x and 1 + x are all exact in float. (Forming u = (k + 1/2) / 2^24 first
+  // rounds u to 1 for the largest k, and the logarithm below then returns nonsense.)
+  const std::int32_t k = static_cast<std::int32_t>(r >> 8);
+  const float x = static_cast<float>(2 * k + 1 - (1 << 24)) * 0x1p-24f;
+  const float w = -vlogf((1.0f - x) * (1.0f + x));
   const float wc = w - 2.5f;
   float pc = 2.81022636e-08f;
   pc = 3.43273939e-07f + pc * wc;
