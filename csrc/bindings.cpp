@@ -65,6 +65,11 @@ void run(mf::Engine& e, std::size_t n, OutMat prices, OutMat variances, OutMat l
 
 NB_MODULE(_engine, m) {
   m.doc() = "marketfeed's compiled simulation core (factor model + Heston/Bates). Use marketfeed.engine.";
+#ifdef MARKETFEED_NATIVE_BUILD
+  m.attr("native") = true;  // built with -march=native for the build machine's CPU
+#else
+  m.attr("native") = false;  // portable baseline x86-64 build
+#endif
 
   nb::class_<mf::Engine>(m, "Engine")
       .def(nb::new_(&make_engine), "log_s0"_a, "mu"_a, "v0"_a, "kappa"_a, "theta"_a, "xi"_a, "rho"_a,
