@@ -14,12 +14,12 @@ ENGINE_INPUTS := pyproject.toml CMakeLists.txt $(wildcard csrc/*.hpp csrc/*.cpp)
 # the engine's generated stub (and py.typed) beside them. Both are git-ignored build products.
 STUBS = cp build/*/_engine.pyi build/*/py.typed marketfeed/
 
-.PHONY: run test setup setup-dev lint typecheck pytest bench clean
+.PHONY: run test setup setup-dev services lint typecheck pytest bench clean
 
 run: setup
 	$(BIN)/marketfeed serve
 
-test: setup-dev lint typecheck pytest
+test: setup-dev services lint typecheck pytest
 
 setup: $(VENV)/.installed
 setup-dev: $(VENV)/.installed-dev
@@ -37,6 +37,10 @@ $(VENV)/.installed-dev: $(BIN)/python $(ENGINE_INPUTS)
 	$(BIN)/pip install --quiet -e '.[dev]'
 	$(STUBS)
 	touch $@ $(VENV)/.installed
+
+# PostgreSQL, Redis, Chromium (apt) and Kafka's jars (Maven Central) for the integration tests.
+services:
+	bash .ci/install-services.sh
 
 lint: setup-dev
 	$(BIN)/ruff check .
