@@ -33,7 +33,12 @@ def make_history(settings: Settings) -> HistoryStore:
     if settings.database:
         from marketfeed.history.postgres import PostgresHistory
 
-        return PostgresHistory(settings.database, flush_ms=settings.flush_ms, flush_rows=settings.flush_rows)
+        return PostgresHistory(
+            settings.database,
+            flush_ms=settings.flush_ms,
+            flush_rows=settings.flush_rows,
+            retention_days=settings.retention_days,
+        )
     from marketfeed.history.sqlite import SQLiteHistory
 
     return SQLiteHistory(settings.history_path, flush_ms=settings.flush_ms, flush_rows=settings.flush_rows)

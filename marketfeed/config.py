@@ -56,6 +56,9 @@ class Settings(BaseSettings):
     # --- history writer ------------------------------------------------------------------------
     flush_ms: int = Field(250, ge=1, le=60_000, description="history flush interval")
     flush_rows: int = Field(10_000, ge=1, le=10_000_000, description="history flush size")
+    retention_days: int | None = Field(
+        None, ge=1, description="PostgreSQL/TimescaleDB: drop ticks older than this many days (default: keep)"
+    )
 
     # --- streams -------------------------------------------------------------------------------
     ring_ticks: int = Field(200_000, ge=1000, description="recent ticks kept in memory for resume")

@@ -1,0 +1,400 @@
+"""History in PostgreSQL, or TimescaleDB when its extension is available (asyncpg).
+
+Start-up applies the versioned migrations in db/migrations idempotently (under an advisory lock, so
+processes starting together do not race): `NNNN_name.timescale.sql` when the extension is available,
+`NNNN_name.postgres.sql` otherwise, `NNNN_name.sql` for both. A background writer batches ticks and
+writes them with binary COPY into a staging table, then inserts what is not there yet (by gseq) and
+the engine state, in one transaction. If the database is down it retries with capped exponential
+backoff, keeping a bounded backlog; rows beyond the bound are counted and logged as dropped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+
+from marketfeed.health import Health
+from marketfeed.history.candles import Candle, Interval
+from marketfeed.ticks import SymbolSet, Tick, TickBatch
+
+log = logging.getLogger(__name__)
+
+
+def migrations_dir() -> Path:
+    """db/migrations in a checkout, or the copy CMake installs into the package of a wheel."""
+    package = Path(__file__).resolve().parents[1]
+    for candidate in (package.parent / "db" / "migrations", package / "db" / "migrations"):
+        if candidate.is_dir():
+            return candidate
+    raise FileNotFoundError("db/migrations not found beside or inside the marketfeed package")
+
+
+COLUMNS = ("gseq", "symbol", "seq", "ts", "price", "bid", "ask", "size", "vol")
+DAY_NS = 86_400 * 1_000_000_000
+MIGRATION_LOCK = 0x6D66_6462  # "mfdb": any constant shared by every marketfeed process
+
+Record = tuple[int, str, int, int, float, float, float, int, float]
+Conn = asyncpg.Connection | asyncpg.pool.PoolConnectionProxy
+
+#: What a lost or restarting database raises; the writer retries on any of them.
+DB_ERRORS = (
+    OSError,
+    TimeoutError,
+    asyncpg.PostgresError,
+    asyncpg.InterfaceError,
+    asyncpg.InternalClientError,
+)
+
+# A tick already stored (same gseq: re-delivered, or regenerated after a restart) is skipped, so rows
+# are never duplicated, even with another timestamp (which the primary key alone would allow).
+INSERT_NEW = (
+    f"INSERT INTO ticks ({', '.join(COLUMNS)}) "
+    f"SELECT DISTINCT ON (s.gseq) {', '.join('s.' + c for c in COLUMNS)} FROM ticks_staging s "
+    "WHERE NOT EXISTS (SELECT 1 FROM ticks t WHERE t.symbol = s.symbol AND t.gseq = s.gseq) "
+    "ORDER BY s.gseq ON CONFLICT DO NOTHING"
+)
+
+
+@dataclass(frozen=True)
+class Migration:
+    version: int
+    name: str
+    path: Path
+
+
+def plan(directory: Path, *, timescale: bool) -> list[Migration]:
+    """The migration files to apply, in version order, for one flavour of the database."""
+    chosen: dict[int, Migration] = {}
+    flavour = "timescale" if timescale else "postgres"
+    for path in sorted(directory.glob("*.sql")):
+        stem = path.name.removesuffix(".sql")
+        parts = stem.split(".")
+        if len(parts) == 2 and parts[1] != flavour:
+            continue
+        version = int(stem.split("_", 1)[0])
+        if version in chosen and len(parts) == 1:
+            continue  # a flavour-specific file wins over a shared one of the same version
+        chosen[version] = Migration(version, path.name, path)
+    return [chosen[v] for v in sorted(chosen)]
+
+
+def tick_record(t: Tick) -> Record:
+    return (t.gseq, t.symbol, t.seq, t.ts, t.price, t.bid, t.ask, t.size, t.vol)
+
+
+def record_tick(r: asyncpg.Record) -> Tick:
+    return Tick(
+        symbol=r["symbol"], seq=r["seq"], gseq=r["gseq"], ts=r["ts"], price=r["price"], bid=r["bid"],
+        ask=r["ask"], size=r["size"], vol=r["vol"],
+    )  # fmt: skip
+
+
+class PostgresHistory:
+    name = "postgres"
+
+    def __init__(
+        self,
+        dsn: str,
+        *,
+        flush_ms: int = 250,
+        flush_rows: int = 10_000,
+        max_backlog_rows: int = 2_000_000,
+        partitions_ahead: int = 2,
+        retention_days: int | None = None,
+        migrations: Path | None = None,
+    ) -> None:
+        self.dsn = dsn
+        self._flush_s = flush_ms / 1000
+        self._flush_rows = flush_rows
+        self._max_backlog = max_backlog_rows
+        self._ahead = partitions_ahead
+        self._retention_days = retention_days
+        self._migrations = migrations if migrations is not None else migrations_dir()
+        self._pool: asyncpg.Pool | None = None
+        self._pending: list[TickBatch] = []
+        self._pending_rows = 0
+        self._state: str | None = None
+        self._wake: asyncio.Event | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._flush_lock = asyncio.Lock()
+        self._partitions: set[int] = set()  # days (ts // DAY_NS) known to have a partition
+        self._error: str | None = None
+        self.timescale = False
+        self.rows_written = 0
+        self.rows_dropped = 0
+        self.flushes = 0
+        self.write_errors = 0
+        self.write_lag_s = 0.0
+
+    # --- lifecycle -------------------------------------------------------------------------------
+    @property
+    def pool(self) -> asyncpg.Pool:
+        if self._pool is None:
+            raise RuntimeError("PostgresHistory used before start()")
+        return self._pool
+
+    async def start(self) -> None:
+        self._pool = await asyncpg.create_pool(self.dsn, min_size=1, max_size=4, command_timeout=60)
+        async with self.pool.acquire() as conn:
+            await conn.execute("SELECT pg_advisory_lock($1)", MIGRATION_LOCK)
+            try:
+                await self._migrate(conn)
+                if not self.timescale:
+                    today = time.time_ns() // DAY_NS
+                    await self._ensure_partitions(conn, range(today - 1, today + 1 + self._ahead))
+                    await self._apply_retention(conn)
+            finally:
+                await conn.execute("SELECT pg_advisory_unlock($1)", MIGRATION_LOCK)
+        self._wake = asyncio.Event()
+        self._task = asyncio.create_task(self._run(), name="postgres-writer")
+
+    async def _migrate(self, conn: Conn) -> None:
+        """Apply what is missing; the caller holds the migration lock."""
+        available = await conn.fetchval(
+            "SELECT count(*) FROM pg_available_extensions WHERE name = 'timescaledb'"
+        )
+        if available:
+            await conn.execute("CREATE EXTENSION IF NOT EXISTS timescaledb")
+        self.timescale = bool(available)
+        await conn.execute(
+            "CREATE TABLE IF NOT EXISTS schema_migrations (version integer PRIMARY KEY,"
+            " name text NOT NULL, applied timestamptz NOT NULL DEFAULT now())"
+        )
+        done = {r["version"] for r in await conn.fetch("SELECT version FROM schema_migrations")}
+        for m in plan(self._migrations, timescale=self.timescale):
+            if m.version in done:
+                continue
+            async with conn.transaction():
+                await conn.execute(m.path.read_text())
+                await conn.execute(
+                    "INSERT INTO schema_migrations (version, name) VALUES ($1, $2)", m.version, m.name
+                )
+            log.info("applied migration %s", m.name)
+        if self.timescale and self._retention_days:
+            await conn.execute(
+                "SELECT add_retention_policy('ticks', drop_after => $1::bigint, if_not_exists => TRUE)",
+                self._retention_days * DAY_NS,
+            )
+
+    async def _ensure_partitions(self, conn: Conn, days: range) -> None:
+        for day in days:
+            if day in self._partitions:
+                continue
+            stamp = time.strftime("%Y%m%d", time.gmtime(day * 86_400))
+            # Bounds are computed here from integers, never from input: safe to format into DDL.
+            # IF NOT EXISTS is not safe against a concurrent creator: the other one may win.
+            with contextlib.suppress(asyncpg.DuplicateTableError):
+                await conn.execute(
+                    f"CREATE TABLE IF NOT EXISTS ticks_{stamp} PARTITION OF ticks "
+                    f"FOR VALUES FROM ({day * DAY_NS}) TO ({(day + 1) * DAY_NS})"
+                )
+            self._partitions.add(day)
+
+    async def _apply_retention(self, conn: Conn) -> None:
+        if not self._retention_days:
+            return
+        cutoff = time.time_ns() // DAY_NS - self._retention_days
+        rows = await conn.fetch(
+            "SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid"
+            " JOIN pg_class p ON p.oid = i.inhparent"
+            " WHERE p.relname = 'ticks' AND c.relname ~ '^ticks_[0-9]{8}$'"
+        )
+        for r in rows:
+            day = int(time.mktime(time.strptime(r["relname"][6:], "%Y%m%d")) - time.timezone) // 86_400
+            if day < cutoff:
+                await conn.execute(f'DROP TABLE IF EXISTS "{r["relname"]}"')
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+        if self._pool is not None:
+            try:
+                await asyncio.wait_for(self._flush_until_empty(), 30)
+            except DB_ERRORS as exc:
+                log.error("could not flush %d pending rows at shutdown: %s", self._pending_rows, exc)
+            try:
+                await asyncio.wait_for(self._pool.close(), 10)
+            except DB_ERRORS:
+                self._pool.terminate()
+            self._pool = None
+
+    async def _flush_until_empty(self) -> None:
+        while self._pending:
+            try:
+                await self.flush()
+            except DB_ERRORS:
+                await asyncio.sleep(0.5)
+
+    # --- writing ---------------------------------------------------------------------------------
+    def write(self, batch: TickBatch, state: str | None = None) -> None:
+        self._pending.append(batch)
+        self._pending_rows += len(batch)
+        if state is not None:
+            self._state = state
+        while self._pending_rows > self._max_backlog and len(self._pending) > 1:
+            dropped = self._pending.pop(0)
+            self._pending_rows -= len(dropped)
+            self.rows_dropped += len(dropped)
+            log.error("history backlog over %d rows: dropped %d ticks of step %d", self._max_backlog,
+                      len(dropped), dropped.step)  # fmt: skip
+        if self._pending_rows >= self._flush_rows and self._wake is not None:
+            self._wake.set()
+
+    async def _run(self) -> None:
+        if self._wake is None:
+            raise RuntimeError("PostgresHistory._run before start()")
+        backoff = self._flush_s
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), backoff)
+            self._wake.clear()
+            try:
+                await self.flush()
+                backoff = self._flush_s
+            except DB_ERRORS as exc:
+                if self._error is None:
+                    log.warning("history database unavailable, retrying with backoff: %s", exc)
+                backoff = min(max(2 * backoff, 0.25), 5.0)
+
+    async def flush(self) -> None:
+        async with self._flush_lock:
+            if not self._pending:
+                return
+            batches, state = self._pending, self._state
+            self._pending, self._pending_rows, self._state = [], 0, None
+            # One row per gseq, the first written: a tick regenerated after a restart keeps its original.
+            unique: dict[int, Record] = {}
+            for b in batches:
+                for t in b.ticks:
+                    unique.setdefault(t.gseq, tick_record(t))
+            records = list(unique.values())
+            try:
+                await self._commit(records, state, {t[3] // DAY_NS for t in records})
+            except BaseException as exc:
+                self.write_errors += 1
+                self._error = str(exc) or type(exc).__name__
+                self._pending[:0] = batches  # keep them, in order, for the next attempt
+                self._pending_rows += sum(len(b) for b in batches)
+                if self._state is None:
+                    self._state = state
+                raise
+            self._error = None
+            self.rows_written += len(records)  # offered; rows already stored are skipped by the insert
+            self.flushes += 1
+            oldest = min((b.ticks[0].ts for b in batches if b.ticks), default=time.time_ns())
+            self.write_lag_s = max(0.0, (time.time_ns() - oldest) / 1e9)
+
+    async def _commit(self, records: list[Record], state: str | None, days: set[int]) -> None:
+        async with self.pool.acquire() as conn:
+            if not self.timescale and not days <= self._partitions:
+                await self._ensure_partitions(conn, range(min(days), max(days) + 1 + self._ahead))
+            async with conn.transaction():
+                await conn.execute(
+                    "CREATE TEMP TABLE IF NOT EXISTS ticks_staging "
+                    "(LIKE ticks INCLUDING DEFAULTS) ON COMMIT DELETE ROWS"
+                )
+                await conn.copy_records_to_table("ticks_staging", records=records, columns=COLUMNS)
+                await conn.execute(INSERT_NEW)
+                if state is not None:
+                    await conn.execute(
+                        "INSERT INTO engine_state (id, state, updated) VALUES (1, $1, now()) "
+                        "ON CONFLICT (id) DO UPDATE SET state = excluded.state, updated = excluded.updated",
+                        state,
+                    )
+
+    # --- reading ---------------------------------------------------------------------------------
+    async def ticks(
+        self,
+        *,
+        symbols: SymbolSet,
+        start_ns: int | None = None,
+        end_ns: int | None = None,
+        after_gseq: int = 0,
+        limit: int = 1000,
+    ) -> list[Tick]:
+        where, params = ["gseq > $1"], [after_gseq]
+        args: list[Any] = params
+        if symbols is not None:
+            args.append(sorted(symbols))
+            where.append(f"symbol = ANY(${len(args)}::text[])")
+        if start_ns is not None:
+            args.append(start_ns)
+            where.append(f"ts >= ${len(args)}")
+        if end_ns is not None:
+            args.append(end_ns)
+            where.append(f"ts < ${len(args)}")
+        args.append(limit)
+        columns, conditions = ", ".join(COLUMNS), " AND ".join(where)
+        sql = f"SELECT {columns} FROM ticks WHERE {conditions} ORDER BY gseq LIMIT ${len(args)}"
+        rows = await self.pool.fetch(sql, *args)
+        return [record_tick(r) for r in rows]
+
+    async def candles(
+        self, *, symbol: str, interval: Interval, start_ns: int | None, end_ns: int | None, limit: int
+    ) -> list[Candle]:
+        # The same definition as the SQLite store: first and last trade by gseq per bucket.
+        rows = await self.pool.fetch(
+            """
+            WITH b AS (
+                SELECT ts / $1 AS k, min(gseq) AS g0, max(gseq) AS g1, max(price) AS hi, min(price) AS lo,
+                       sum(size) AS volume, count(*) AS n, sum(price * size) AS pv
+                FROM ticks
+                WHERE symbol = $2 AND ts >= $3 AND ts < $4
+                GROUP BY 1
+            )
+            SELECT b.k * $1 AS start, o.price AS open, b.hi, b.lo, c.price AS close, b.volume, b.n, b.pv
+            FROM b
+            JOIN ticks o ON o.symbol = $2 AND o.gseq = b.g0
+            JOIN ticks c ON c.symbol = $2 AND c.gseq = b.g1
+            ORDER BY b.k LIMIT $5
+            """,
+            interval.nanoseconds,
+            symbol,
+            start_ns if start_ns is not None else 0,
+            end_ns if end_ns is not None else 2**63 - 1,
+            limit,
+        )
+        return [
+            Candle(
+                start=r["start"],
+                open=r["open"],
+                high=r["hi"],
+                low=r["lo"],
+                close=r["close"],
+                volume=int(r["volume"]),
+                trades=r["n"],
+                vwap=r["pv"] / int(r["volume"]) if r["volume"] else r["close"],
+            )
+            for r in rows
+        ]
+
+    async def load_state(self) -> str | None:
+        value = await self.pool.fetchval("SELECT state FROM engine_state WHERE id = 1")
+        return str(value) if value is not None else None
+
+    # --- observability ---------------------------------------------------------------------------
+    def health(self) -> Health:
+        if self._error is not None:
+            return Health.degraded(f"postgres: {self._error}")
+        return Health.ok("timescaledb" if self.timescale else "postgresql")
+
+    def metrics(self) -> dict[str, float]:
+        return {
+            "history_rows_written_total": self.rows_written,
+            "history_rows_dropped_total": self.rows_dropped,
+            "history_flushes_total": self.flushes,
+            "history_write_errors_total": self.write_errors,
+            "history_backlog_rows": self._pending_rows,
+            "history_backlog_limit_rows": self._max_backlog,
+            "history_write_lag_seconds": self.write_lag_s,
+        }

@@ -1,0 +1,191 @@
+"""The PostgreSQL history store against a real PostgreSQL (plain: TimescaleDB is not packaged here)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+import asyncpg
+import pytest
+from services import Postgres
+
+from marketfeed.health import Status
+from marketfeed.history.candles import Interval
+from marketfeed.history.postgres import DAY_NS, PostgresHistory, migrations_dir, plan
+from marketfeed.history.sqlite import SQLiteHistory
+from marketfeed.ticks import Tick, TickBatch
+
+SYMBOLS = ["AAA", "BBB", "CCC"]
+T0 = (time.time_ns() // 60_000_000_000 - 30) * 60_000_000_000  # half an hour ago, on a minute
+
+
+def batch(step: int, *, ts: int | None = None) -> TickBatch:
+    n = len(SYMBOLS)
+    stamp = T0 + step * 250_000_000 if ts is None else ts  # four steps a second
+    ticks = []
+    for i, s in enumerate(SYMBOLS):
+        price = round(100 + (step * 7 + i * 3) % 11 * 0.01, 2)
+        ticks.append(
+            Tick(s, step + 1, step * n + i + 1, stamp, price, 99.0, 101.0, 1 + (step * 5 + i) % 9, 0.2)
+        )
+    return TickBatch(step=step, ticks=ticks)
+
+
+@pytest.fixture
+def dsn(postgres: Postgres) -> str:
+    return postgres.create_database(f"t_{uuid.uuid4().hex[:12]}")
+
+
+def run(dsn: str, body: Callable[[PostgresHistory], Awaitable[None]], max_backlog_rows: int = 10**6) -> None:
+    async def scenario() -> None:
+        store = PostgresHistory(dsn, flush_ms=50, max_backlog_rows=max_backlog_rows)
+        await store.start()
+        try:
+            await body(store)
+        finally:
+            await store.close()
+
+    asyncio.run(scenario())
+
+
+async def count(dsn: str, sql: str = "SELECT count(*) FROM ticks") -> int:
+    conn = await asyncpg.connect(dsn)
+    try:
+        return int(await conn.fetchval(sql))
+    finally:
+        await conn.close()
+
+
+@pytest.mark.integration
+def test_round_trip_dedup_pages_filters_and_state(dsn: str) -> None:
+    async def body(store: PostgresHistory) -> None:
+        for step in range(40):
+            store.write(batch(step), state=f"state-{step}")
+        store.write(batch(39))  # re-delivered
+        store.write(batch(38, ts=T0 + 10**12))  # regenerated after a restart: same gseq, new timestamp
+        await store.flush()
+        assert await count(dsn) == 120
+        everything = await store.ticks(symbols=None, limit=1000)
+        assert everything == [t for step in range(40) for t in batch(step).ticks]
+        page1 = await store.ticks(symbols=frozenset({"BBB"}), limit=15)
+        page2 = await store.ticks(symbols=frozenset({"BBB"}), after_gseq=page1[-1].gseq, limit=15)
+        assert [t.seq for t in page1 + page2] == list(range(1, 31))
+        window = await store.ticks(symbols=frozenset({"AAA"}), start_ns=T0 + 10**9, end_ns=T0 + 2 * 10**9)
+        assert [t.seq for t in window] == [5, 6, 7, 8]
+        assert await store.load_state() == "state-39"
+        assert store.health().status is Status.OK
+
+    run(dsn, body)
+
+
+@pytest.mark.integration
+def test_candles_equal_the_sqlite_stores(dsn: str, tmp_path: Path) -> None:
+    async def scenario() -> None:
+        pg = PostgresHistory(dsn)
+        lite = SQLiteHistory(tmp_path / "h.sqlite3")
+        await pg.start()
+        await lite.start()
+        try:
+            for step in range(1000):  # 250 s of ticks: several minutes, hundreds of seconds
+                for store in (pg, lite):
+                    store.write(batch(step))
+            await pg.flush()
+            await lite.flush()
+            for interval in (Interval.S1, Interval.M1, Interval.M5, Interval.H1):
+                for symbol in SYMBOLS:
+                    a = await pg.candles(
+                        symbol=symbol, interval=interval, start_ns=None, end_ns=None, limit=5000
+                    )
+                    b = await lite.candles(
+                        symbol=symbol, interval=interval, start_ns=None, end_ns=None, limit=5000
+                    )
+                    assert len(a) == len(b) > 0
+                    for x, y in zip(a, b, strict=True):
+                        assert (x.start, x.open, x.high, x.low, x.close, x.volume, x.trades) == (
+                            y.start, y.open, y.high, y.low, y.close, y.volume, y.trades,
+                        )  # fmt: skip
+                        assert x.vwap == pytest.approx(y.vwap, rel=1e-12)  # summation order may differ
+        finally:
+            await pg.close()
+            await lite.close()
+
+    asyncio.run(scenario())
+
+
+@pytest.mark.integration
+def test_migrations_are_idempotent_and_partitions_are_made_ahead(dsn: str) -> None:
+    async def scenario() -> None:
+        stores = [PostgresHistory(dsn) for _ in range(3)]
+        await asyncio.gather(*(s.start() for s in stores))  # three processes starting together
+        await stores[0].close()
+        again = PostgresHistory(dsn)
+        await again.start()
+        for s in (*stores[1:], again):
+            await s.close()
+        assert await count(dsn, "SELECT count(*) FROM schema_migrations") == 1
+        today = time.strftime("%Y%m%d", time.gmtime())
+        assert await count(dsn, f"SELECT count(*) FROM pg_class WHERE relname = 'ticks_{today}'") == 1
+        parts = await count(dsn, "SELECT count(*) FROM pg_inherits WHERE inhparent = 'ticks'::regclass")
+        assert parts >= 4  # yesterday, today, two ahead, and the default
+
+    asyncio.run(scenario())
+
+    async def far_past(store: PostgresHistory) -> None:
+        store.write(batch(0, ts=DAY_NS))  # 1970-01-02: no partition, the writer makes one
+        await store.flush()
+        assert await count(dsn, "SELECT count(*) FROM ticks_19700102") == 3
+
+    run(dsn, far_past)
+
+
+@pytest.mark.integration
+def test_an_outage_keeps_a_backlog_and_loses_nothing(dsn: str, postgres: Postgres) -> None:
+    async def body(store: PostgresHistory) -> None:
+        for step in range(10):
+            store.write(batch(step))
+        await store.flush()
+        postgres.stop()
+        try:
+            for step in range(10, 50):
+                store.write(batch(step))
+                await asyncio.sleep(0.02)
+            await asyncio.sleep(0.5)
+            assert store.health().status is Status.DEGRADED
+            assert store.metrics()["history_backlog_rows"] == 120
+        finally:
+            postgres.start()
+        deadline = time.monotonic() + 30
+        while store.metrics()["history_backlog_rows"] and time.monotonic() < deadline:
+            await asyncio.sleep(0.1)
+        assert store.health().status is Status.OK
+        stored = await store.ticks(symbols=None, limit=1000)
+        assert [t.gseq for t in stored] == list(range(1, 151))  # every tick exactly once
+
+    run(dsn, body)
+
+
+@pytest.mark.integration
+def test_a_full_backlog_counts_what_it_drops(dsn: str, postgres: Postgres) -> None:
+    async def body(store: PostgresHistory) -> None:
+        postgres.stop()
+        try:
+            for step in range(20):
+                store.write(batch(step))
+            assert store.metrics()["history_backlog_rows"] <= 30
+            assert (
+                store.metrics()["history_rows_dropped_total"] == 60 - store.metrics()["history_backlog_rows"]
+            )
+        finally:
+            postgres.start()
+
+    run(dsn, body, max_backlog_rows=30)
+
+
+def test_migration_plan_per_flavour() -> None:
+    plain = [m.name for m in plan(migrations_dir(), timescale=False)]
+    timescale = [m.name for m in plan(migrations_dir(), timescale=True)]
+    assert plain == ["0001_schema.postgres.sql"]
+    assert timescale == ["0001_schema.timescale.sql", "0002_candles_1m.timescale.sql"]
