@@ -234,10 +234,17 @@ class Engine {
 #pragma omp simd
       for (std::size_t j = 0; j < m; ++j) w[j] += a[j] * fk;
     }
-    if (p_.scheme == Scheme::QE)
-      qe_block(b, m, s);
-    else
+    if (p_.scheme == Scheme::QE) {
+      // Small steps keep psi far below 1.5 for every asset: then only the quadratic branch is needed,
+      // and the exponential branch's extra logarithm and normal tail are skipped for the whole block.
+      // Quadratic lanes compute the same expression either way, so results do not depend on this.
+      if (qe_all_quadratic(b, m))
+        qe_block<true>(b, m, s);
+      else
+        qe_block<false>(b, m, s);
+    } else {
       euler_block(b, m, s);
+    }
     if (jumps_) jump_block(b, m, s);
   }
 
@@ -261,6 +268,18 @@ class Engine {
     }
   }
 
+  bool qe_all_quadratic(std::size_t b, std::size_t m) const {
+    const double *v = &v_[b], *th = &p_.theta[b], *E = &E_[b], *c1 = &c1_[b], *c2 = &c2_[b];
+    int exponential = 0;
+#pragma omp simd reduction(+ : exponential)
+    for (std::size_t j = 0; j < m; ++j) {
+      const double mm = th[j] + (v[j] - th[j]) * E[j];
+      exponential += (v[j] * c1[j] + c2[j]) > 1.5 * mm * mm ? 1 : 0;
+    }
+    return exponential == 0;
+  }
+
+  template <bool kQuadraticOnly>
   void qe_block(std::size_t b, std::size_t m, Scratch& s) {
     double* __restrict x = &x_[b];
     double* __restrict v = &v_[b];
@@ -287,6 +306,15 @@ class Engine {
       const double a = mm / (1.0 + b2);
       const double sb = std::sqrt(b2) + zv;
       const double vq = a * sb * sb;
+      if constexpr (kQuadraticOnly) {
+        const double one_m_2Aa = 1.0 - 2.0 * A[j] * a;
+        const double lg = vlog(one_m_2Aa > 1e-300 ? one_m_2Aa : 1e-300);
+        const double log_m = A[j] * b2 * a / one_m_2Aa - 0.5 * lg;
+        const double var_int = K3[j] * (v0 + vq);
+        x[j] += mu[j] - log_m - 0.5 * K3[j] * v0 + K2[j] * vq + std::sqrt(var_int > 0.0 ? var_int : 0.0) * zs;
+        v[j] = vq;
+        continue;
+      }
       // Exponential branch: v' = 0 with probability p, else exponential tail; U = Phi(zv).
       const double pe = psi > 1.5 ? psi : 1.5;
       const double p = (pe - 1.0) / (pe + 1.0);
