@@ -14,12 +14,12 @@ ENGINE_INPUTS := pyproject.toml CMakeLists.txt $(wildcard csrc/*.hpp csrc/*.cpp)
 # the engine's generated stub (and py.typed) beside them. Both are git-ignored build products.
 STUBS = cp build/*/_engine.pyi build/*/py.typed marketfeed/
 
-.PHONY: run test setup setup-dev services lint typecheck pytest bench clean
+.PHONY: run test setup setup-dev vendor services lint typecheck pytest bench clean
 
-run: setup
+run: setup vendor
 	$(BIN)/marketfeed serve
 
-test: setup-dev services lint typecheck pytest
+test: setup-dev services vendor lint typecheck pytest
 
 setup: $(VENV)/.installed
 setup-dev: $(VENV)/.installed-dev
@@ -37,6 +37,13 @@ $(VENV)/.installed-dev: $(BIN)/python $(ENGINE_INPUTS)
 	$(BIN)/pip install --quiet -e '.[dev]'
 	$(STUBS)
 	touch $@ $(VENV)/.installed
+
+# The page's JavaScript libraries: pinned in package-lock.json, copied into public/vendor/ by npm ci.
+vendor: public/vendor/.installed
+
+public/vendor/.installed: package.json package-lock.json
+	@if command -v npm >/dev/null; then npm ci --no-audit --no-fund --loglevel=error && touch $@; \
+	else echo "warning: npm not found: the page at / needs its chart libraries (install Node.js and npm)"; fi
 
 # PostgreSQL, Redis, Chromium (apt) and Kafka's jars (Maven Central) for the integration tests.
 services:
@@ -56,4 +63,4 @@ bench: setup-dev
 	$(BIN)/python bench/engine.py
 
 clean:
-	rm -rf $(VENV) build
+	rm -rf $(VENV) build node_modules public/vendor

@@ -15,6 +15,7 @@ command -v chromium >/dev/null 2>&1 || packages+=(chromium)
 command -v chromedriver >/dev/null 2>&1 || packages+=(chromium-driver)
 command -v java >/dev/null 2>&1 || packages+=(default-jre-headless)
 command -v mvn >/dev/null 2>&1 || packages+=(maven)
+command -v npm >/dev/null 2>&1 || packages+=(npm)
 
 if ((${#packages[@]})); then
   if [[ $(id -u) -eq 0 ]]; then

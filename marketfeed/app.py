@@ -40,6 +40,10 @@ SECURITY_HEADERS = {
 # The Swagger page at /docs loads its own scripts from a CDN; it gets the browser's defaults instead.
 DOCS_PATHS = ("/docs", "/redoc")
 
+# MathJax's CHTML output writes its font rules into a <style> element it creates; the Models page
+# allows inline styles (never inline scripts) so the equations render.
+INLINE_STYLE_PAGES = ("/models.html",)
+
 
 class SecurityHeaders:
     """Adds the security headers to every HTTP response.
@@ -52,16 +56,24 @@ class SecurityHeaders:
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
         self.headers = [(k.encode(), v.encode()) for k, v in SECURITY_HEADERS.items()]
+        relaxed = SECURITY_HEADERS["content-security-policy"].replace(
+            "style-src 'self'", "style-src 'self' 'unsafe-inline'"
+        )
+        self.relaxed = [
+            (k, relaxed.encode() if k == b"content-security-policy" else v) for k, v in self.headers
+        ]
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["path"].startswith(DOCS_PATHS):
             await self.app(scope, receive, send)
             return
 
+        headers = self.relaxed if scope["path"] in INLINE_STYLE_PAGES else self.headers
+
         async def send_with_headers(message: Message) -> None:
             if message["type"] == "http.response.start":
                 present = {k.lower() for k, _ in message.get("headers", [])}
-                extra = [(k, v) for k, v in self.headers if k not in present]
+                extra = [(k, v) for k, v in headers if k not in present]
                 message = {**message, "headers": [*message.get("headers", []), *extra]}
             await send(message)
 

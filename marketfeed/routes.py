@@ -261,10 +261,18 @@ async def stream_sse(
     request: Request,
     symbols: Annotated[str | None, Query(description="comma-separated; default: all")] = None,
     last_event_id: Annotated[str | None, Header(description="resume after this gseq")] = None,
+    resume_after: Annotated[
+        str | None,
+        Query(
+            alias="last_event_id", description="the same as the Last-Event-ID header, for a new EventSource"
+        ),
+    ] = None,
 ) -> Response:
     rt = runtime(request)
     wanted = parse_symbols(rt, symbols, required=False)
     resume: int | None = None
+    if last_event_id is None:  # the browser sends the header when it reconnects by itself
+        last_event_id = resume_after
     if last_event_id is not None and last_event_id.strip():
         if not last_event_id.strip().isdigit() or len(last_event_id.strip()) > 19:
             raise HTTPException(400, "Last-Event-ID must be the id (gseq) of an event this server sent")
