@@ -16,6 +16,7 @@ command -v chromedriver >/dev/null 2>&1 || packages+=(chromium-driver)
 command -v java >/dev/null 2>&1 || packages+=(default-jre-headless)
 command -v mvn >/dev/null 2>&1 || packages+=(maven)
 command -v npm >/dev/null 2>&1 || packages+=(npm)
+command -v go >/dev/null 2>&1 || packages+=(golang)
 
 if ((${#packages[@]})); then
   if [[ $(id -u) -eq 0 ]]; then
@@ -33,6 +34,13 @@ if ((${#packages[@]})); then
   # Debian starts the packaged servers; the tests run their own, so stop these ones.
   "${sudo[@]}" service redis-server stop >/dev/null 2>&1 || true
   "${sudo[@]}" service postgresql stop >/dev/null 2>&1 || true
+fi
+
+# actionlint (GitHub workflow linter) from the Go module proxy, for tests/test_packaging.py.
+bin="${XDG_CACHE_HOME:-$HOME/.cache}/marketfeed/bin"
+if [[ ! -x "$bin/actionlint" ]] && command -v go >/dev/null 2>&1; then
+  echo "install-services: building actionlint from the Go module proxy"
+  GOBIN="$bin" go install github.com/rhysd/actionlint/cmd/actionlint@v1.7.7
 fi
 
 version=$(sed -n 's:.*<kafka.version>\(.*\)</kafka.version>.*:\1:p' kafka/pom.xml)
