@@ -38,6 +38,8 @@ def make_history(settings: Settings) -> HistoryStore:
             flush_ms=settings.flush_ms,
             flush_rows=settings.flush_rows,
             retention_days=settings.retention_days,
+            max_backlog_rows=settings.backlog_rows,
+            spill_path=settings.history_path.parent / "postgres-spill.jsonl",
         )
     from marketfeed.history.sqlite import SQLiteHistory
 

@@ -56,6 +56,9 @@ class Settings(BaseSettings):
     # --- history writer ------------------------------------------------------------------------
     flush_ms: int = Field(250, ge=1, le=60_000, description="history flush interval")
     flush_rows: int = Field(10_000, ge=1, le=10_000_000, description="history flush size")
+    backlog_rows: int = Field(
+        1_000_000, ge=1, description="ticks held in memory while the database is down (then a spill file)"
+    )
     retention_days: int | None = Field(
         None, ge=1, description="PostgreSQL/TimescaleDB: drop ticks older than this many days (default: keep)"
     )

@@ -39,9 +39,14 @@ def dsn(postgres: Postgres) -> str:
     return postgres.create_database(f"t_{uuid.uuid4().hex[:12]}")
 
 
-def run(dsn: str, body: Callable[[PostgresHistory], Awaitable[None]], max_backlog_rows: int = 10**6) -> None:
+def run(
+    dsn: str,
+    body: Callable[[PostgresHistory], Awaitable[None]],
+    max_backlog_rows: int = 10**6,
+    spill_path: Path | None = None,
+) -> None:
     async def scenario() -> None:
-        store = PostgresHistory(dsn, flush_ms=50, max_backlog_rows=max_backlog_rows)
+        store = PostgresHistory(dsn, flush_ms=50, max_backlog_rows=max_backlog_rows, spill_path=spill_path)
         await store.start()
         try:
             await body(store)
@@ -182,6 +187,34 @@ def test_a_full_backlog_counts_what_it_drops(dsn: str, postgres: Postgres) -> No
             postgres.start()
 
     run(dsn, body, max_backlog_rows=30)
+
+
+@pytest.mark.integration
+def test_a_long_outage_spills_to_a_file_and_loses_nothing(
+    dsn: str, postgres: Postgres, tmp_path: Path
+) -> None:
+    spill = tmp_path / "spill.jsonl"
+
+    async def body(store: PostgresHistory) -> None:
+        postgres.stop()
+        try:
+            for step in range(20):
+                store.write(batch(step))
+            metrics = store.metrics()
+            assert metrics["history_backlog_rows"] <= 30
+            assert metrics["history_rows_spilled_total"] == 60 - metrics["history_backlog_rows"]
+            assert metrics["history_rows_dropped_total"] == 0
+            assert spill.exists()
+        finally:
+            postgres.start()
+        deadline = time.monotonic() + 30
+        while (store.metrics()["history_backlog_rows"] or spill.exists()) and time.monotonic() < deadline:
+            await asyncio.sleep(0.1)
+        stored = await store.ticks(symbols=None, limit=1000)
+        assert [t.gseq for t in stored] == list(range(1, 61))  # spilled and pending, each once, in order
+        assert store.metrics()["history_spill_rows"] == 0
+
+    run(dsn, body, max_backlog_rows=30, spill_path=spill)
 
 
 def test_migration_plan_per_flavour() -> None:

@@ -16,7 +16,7 @@ import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import asyncpg
 
@@ -109,6 +109,7 @@ class PostgresHistory:
         partitions_ahead: int = 2,
         retention_days: int | None = None,
         migrations: Path | None = None,
+        spill_path: Path | None = None,
     ) -> None:
         self.dsn = dsn
         self._flush_s = flush_ms / 1000
@@ -129,6 +130,10 @@ class PostgresHistory:
         self.timescale = False
         self.rows_written = 0
         self.rows_dropped = 0
+        self.rows_spilled = 0
+        self._spill_path = spill_path
+        self._spill_file: BinaryIO | None = None
+        self._spill_rows = 0
         self.flushes = 0
         self.write_errors = 0
         self.write_lag_s = 0.0
@@ -222,6 +227,9 @@ class PostgresHistory:
                 await asyncio.wait_for(self._flush_until_empty(), 30)
             except DB_ERRORS as exc:
                 log.error("could not flush %d pending rows at shutdown: %s", self._pending_rows, exc)
+            if self._spill_file is not None:
+                self._spill_file.close()  # what could not be written stays there for the next start
+                self._spill_file = None
             try:
                 await asyncio.wait_for(self._pool.close(), 10)
             except DB_ERRORS:
@@ -242,13 +250,46 @@ class PostgresHistory:
         if state is not None:
             self._state = state
         while self._pending_rows > self._max_backlog and len(self._pending) > 1:
-            dropped = self._pending.pop(0)
-            self._pending_rows -= len(dropped)
-            self.rows_dropped += len(dropped)
-            log.error("history backlog over %d rows: dropped %d ticks of step %d", self._max_backlog,
-                      len(dropped), dropped.step)  # fmt: skip
+            oldest = self._pending.pop(0)
+            self._pending_rows -= len(oldest)
+            self._spill_or_drop(oldest)
         if self._pending_rows >= self._flush_rows and self._wake is not None:
             self._wake.set()
+
+    def _spill_or_drop(self, batch: TickBatch) -> None:
+        """Past the in-memory bound, the oldest ticks go to a local file (replayed first when the
+        database is back); without a spill file they are counted and logged as dropped."""
+        if self._spill_path is None:
+            self.rows_dropped += len(batch)
+            log.error("history backlog over %d rows: dropped %d ticks of step %d", self._max_backlog,
+                      len(batch), batch.step)  # fmt: skip
+            return
+        if self._spill_file is None:
+            self._spill_path.parent.mkdir(parents=True, exist_ok=True)
+            self._spill_file = self._spill_path.open("ab")
+            log.warning("history backlog over %d rows: spilling to %s", self._max_backlog, self._spill_path)
+        self._spill_file.write(b"\n".join(batch.encoded) + b"\n")
+        self._spill_file.flush()
+        self.rows_spilled += len(batch)
+        self._spill_rows += len(batch)
+
+    async def _replay_spill(self) -> None:
+        """Write the spilled ticks (older than anything pending) before the pending ones."""
+        if self._spill_path is None or not self._spill_path.exists() or self._spill_path.stat().st_size == 0:
+            return
+        if self._spill_file is not None:
+            self._spill_file.close()
+            self._spill_file = None
+        lines = await asyncio.to_thread(self._spill_path.read_bytes)
+        ticks = [Tick.from_json(line) for line in lines.splitlines() if line]
+        for i in range(0, len(ticks), 100_000):
+            chunk = [tick_record(t) for t in ticks[i : i + 100_000]]
+            # A retry after a partial replay re-sends rows already stored: the gseq check skips them.
+            await self._commit(chunk, None, {r[3] // DAY_NS for r in chunk})
+            self.rows_written += len(chunk)
+        self._spill_path.unlink()
+        self._spill_rows = 0
+        log.info("replayed %d spilled ticks into the history", len(ticks))
 
     async def _run(self) -> None:
         if self._wake is None:
@@ -268,6 +309,12 @@ class PostgresHistory:
 
     async def flush(self) -> None:
         async with self._flush_lock:
+            try:
+                await self._replay_spill()
+            except BaseException as exc:
+                self.write_errors += 1
+                self._error = str(exc) or type(exc).__name__
+                raise
             if not self._pending:
                 return
             batches, state = self._pending, self._state
@@ -392,6 +439,8 @@ class PostgresHistory:
         return {
             "history_rows_written_total": self.rows_written,
             "history_rows_dropped_total": self.rows_dropped,
+            "history_rows_spilled_total": self.rows_spilled,
+            "history_spill_rows": self._spill_rows,
             "history_flushes_total": self.flushes,
             "history_write_errors_total": self.write_errors,
             "history_backlog_rows": self._pending_rows,
