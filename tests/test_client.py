@@ -1,0 +1,206 @@
+"""The Python client against real servers: streams that survive a restart, history as DataFrames."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from datetime import UTC, datetime
+
+import httpx
+import pandas as pd
+import pytest
+from serverproc import ServerProcess
+
+from marketfeed.client import Stream, StreamError, Transport, history
+from marketfeed.ticks import Tick
+
+TRANSPORTS: list[Transport] = ["ws", "sse"]
+
+
+def assert_once_in_order(ticks: list[Tick]) -> None:
+    """Strictly increasing gseq (no duplicate) and, per symbol, seq 1 apart (no loss)."""
+    gseqs = [t.gseq for t in ticks]
+    assert gseqs == sorted(set(gseqs)), "duplicated or out-of-order ticks"
+    last: dict[str, int] = {}
+    for t in ticks:
+        if t.symbol in last:
+            assert t.seq == last[t.symbol] + 1, f"{t.symbol}: seq {last[t.symbol]} -> {t.seq}"
+        last[t.symbol] = t.seq
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+def test_stream_yields_ticks(server: ServerProcess, transport: Transport) -> None:
+    async def scenario() -> list[Tick]:
+        got: list[Tick] = []
+        async with Stream(server.url, symbols=["nova", "QBIT"], transport=transport) as stream:
+            async for tick in stream:
+                got.append(tick)
+                if len(got) == 30:
+                    break
+        return got
+
+    ticks = asyncio.run(asyncio.wait_for(scenario(), 30))
+    assert all(isinstance(t, Tick) for t in ticks)
+    assert {t.symbol for t in ticks} == {"NOVA", "QBIT"}
+    assert_once_in_order(ticks)
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+def test_a_restart_mid_stream_loses_and_duplicates_nothing(
+    server: ServerProcess, transport: Transport
+) -> None:
+    async def scenario() -> tuple[list[Tick], Stream]:
+        got: list[Tick] = []
+        stream = Stream(
+            server.url,
+            symbols=["NOVA", "OILX", "UTIL"],
+            transport=transport,
+            backoff_initial=0.1,
+            backoff_max=1.0,
+        )
+
+        def bounce() -> None:
+            server.stop()  # graceful: the streams end, the history is flushed
+            server.start()
+            time.sleep(1.0)  # the new server runs on while the client is not reading: ticks to replay
+
+        async with stream:
+            async for tick in stream:
+                got.append(tick)
+                if len(got) == 30:
+                    # The client is suspended at its yield meanwhile: it notices the closed connection
+                    # only when iterated again, so ticks of both servers are missed until it resumes.
+                    await asyncio.to_thread(bounce)
+                if len(got) >= 30 + 120:
+                    break
+        return got, stream
+
+    ticks, stream = asyncio.run(asyncio.wait_for(scenario(), 60))
+    assert stream.connections >= 2, "the stream never reconnected"
+    assert server.starts == 2
+    assert_once_in_order(ticks)
+    # And they are the ticks the server stored, price for price, across the restart.
+    stored = httpx.get(
+        server.url + "/history/ticks", params={"symbol": "OILX", "limit": 10_000}, timeout=10
+    ).json()["ticks"]
+    by_gseq = {t["gseq"]: t for t in stored}
+    mine = [t for t in ticks if t.symbol == "OILX"]
+    assert len(mine) > 20
+    for t in mine:
+        assert t.gseq in by_gseq
+        assert (t.seq, t.price, t.bid, t.ask, t.size) == tuple(
+            by_gseq[t.gseq][k] for k in ("seq", "price", "bid", "ask", "size")
+        )
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+def test_an_unknown_symbol_fails_at_once_instead_of_retrying(
+    server: ServerProcess, transport: Transport
+) -> None:
+    async def scenario() -> None:
+        async for _ in Stream(server.url, symbols=["NOPE"], transport=transport, max_retries=0):
+            pass
+
+    with pytest.raises(StreamError, match="NOPE"):
+        asyncio.run(asyncio.wait_for(scenario(), 15))
+
+
+def test_a_server_that_never_comes_gives_up_after_max_retries() -> None:
+    async def scenario() -> None:
+        stream = Stream("http://127.0.0.1:9", symbols=["NOVA"], backoff_initial=0.01, max_retries=2)
+        async for _ in stream:
+            pass
+
+    with pytest.raises(ConnectionError, match="2 reconnect attempts"):
+        asyncio.run(asyncio.wait_for(scenario(), 15))
+
+
+def test_backoff_doubles_with_jitter_up_to_the_cap() -> None:
+    stream = Stream("http://127.0.0.1:8000", backoff_initial=0.5, backoff_max=8.0)
+    for attempt, ceiling in [(1, 0.5), (2, 1.0), (3, 2.0), (5, 8.0), (40, 8.0)]:
+        delays = [stream._delay(attempt) for _ in range(200)]
+        assert all(ceiling / 2 <= d <= ceiling for d in delays)
+        assert max(delays) - min(delays) > ceiling / 4  # jittered, not one fixed value
+
+
+def raw_tick_pages(url: str, params: dict[str, str | int]) -> list[dict[str, object]]:
+    rows: list[dict[str, object]] = []
+    cursor = None
+    while True:
+        page = httpx.get(
+            url + "/history/ticks", params={**params, **({"cursor": cursor} if cursor else {})}, timeout=10
+        ).json()
+        rows.extend(page["ticks"])
+        cursor = page["next_cursor"]
+        if cursor is None:
+            return rows
+
+
+def stored_range(server: ServerProcess, seconds: float) -> tuple[str, str]:
+    """A closed time range holding `seconds` of ticks, already flushed to the history store."""
+    start = datetime.now(UTC).isoformat()
+    time.sleep(seconds)
+    end = datetime.now(UTC).isoformat()
+    time.sleep(0.5)  # past the flush interval: nothing in the range is still on its way to the store
+    return start, end
+
+
+def test_history_paging_equals_the_raw_pages(server: ServerProcess) -> None:
+    start, end = stored_range(server, 2.5)
+    frame = history(server.url, "NOVA", start, end, page_size=7)
+    raw = raw_tick_pages(server.url, {"symbol": "NOVA", "start": start, "end": end, "limit": 7})
+    assert len(raw) > 3 * 7  # several pages
+    assert list(frame.columns) == [
+        "symbol",
+        "seq",
+        "gseq",
+        "ts",
+        "time",
+        "price",
+        "bid",
+        "ask",
+        "size",
+        "vol",
+    ]
+    assert isinstance(frame["time"].dtype, pd.DatetimeTZDtype)
+    assert frame["gseq"].tolist() == [r["gseq"] for r in raw]
+    for name in ("symbol", "seq", "ts", "price", "bid", "ask", "size", "vol"):
+        assert frame[name].tolist() == [r[name] for r in raw], name
+    assert (frame["time"] == pd.to_datetime(frame["ts"], unit="ns", utc=True)).all()
+    assert frame["time"].iloc[0] >= pd.Timestamp(start)
+    assert frame["time"].iloc[-1] < pd.Timestamp(end)
+
+
+def test_candles_dataframe(server: ServerProcess) -> None:
+    start, end = stored_range(server, 4.0)
+    frame = history(server.url, "QBIT", start, end, interval="1s", page_size=2)  # pages of two candles
+    raw = httpx.get(
+        server.url + "/history/candles",
+        params={"symbol": "QBIT", "interval": "1s", "start": start, "end": end, "limit": 1000},
+        timeout=10,
+    ).json()["candles"]
+    assert len(raw) >= 4
+    assert list(frame.columns) == [
+        "start",
+        "time",
+        "open",
+        "high",
+        "low",
+        "close",
+        "volume",
+        "trades",
+        "vwap",
+    ]
+    assert frame["start"].tolist() == [c["start"] for c in raw]
+    for name in ("open", "high", "low", "close", "volume", "trades", "vwap"):
+        assert frame[name].tolist() == [c[name] for c in raw], name
+    assert (frame["time"] == pd.to_datetime(frame["start"], unit="ns", utc=True)).all()
+    assert (frame["low"] <= frame[["open", "close"]].min(axis=1)).all()
+    assert (frame["high"] >= frame[["open", "close"]].max(axis=1)).all()
+
+
+def test_history_rejects_what_the_server_rejects(server: ServerProcess) -> None:
+    with pytest.raises(ValueError, match="404"):
+        history(server.url, "NOPE")
+    with pytest.raises(ValueError, match="interval"):
+        history(server.url, "NOVA", interval="7m")
