@@ -70,6 +70,17 @@ def test_compose_sets_only_settings_the_server_understands() -> None:
     assert roles == {Role.ENGINE.value, Role.EDGE.value}
 
 
+def test_engine_and_edges_describe_the_same_market() -> None:
+    # An edge answers /model and /symbols from its own settings: they must match the engine's.
+    services = compose()["services"]
+    market = ("MARKETFEED_SEED", "MARKETFEED_UNIVERSE", "MARKETFEED_SCHEME", "MARKETFEED_JUMPS")
+    views = {
+        name: {k: v for k, v in (services[name].get("environment") or {}).items() if k in market}
+        for name in ("engine", "edge1", "edge2")
+    }
+    assert views["engine"] == views["edge1"] == views["edge2"], views
+
+
 def test_compose_publishes_only_the_edges() -> None:
     services = compose()["services"]
     published = {name for name, s in services.items() if s.get("ports")}
