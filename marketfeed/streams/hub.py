@@ -30,6 +30,7 @@ class Subscriber:
         self._queue: deque[TickBatch] = deque()
         self._ready = asyncio.Event()
         self._behind_since: float | None = None
+        self._overflowed = False
         self.conflated_ticks = 0  #: ticks this client never got because it was too slow
         self.closed_reason: str | None = None
         self.closed = asyncio.Event()
@@ -44,6 +45,7 @@ class Subscriber:
             elif now - self._behind_since > self._slow_after:
                 self.close(f"slow consumer: more than {self._slow_after:g} s behind the market")
                 return
+            self._overflowed = True
             pending = [*self._queue, batch]
             merged = conflate(pending)
             dropped = sum(len(b) for b in pending) - len(merged)
@@ -65,7 +67,9 @@ class Subscriber:
                 return []
         batches = list(self._queue)
         self._queue.clear()
-        self._behind_since = None  # drained: the client has caught up
+        if not self._overflowed:
+            self._behind_since = None  # its queue did not overflow since the last read: caught up
+        self._overflowed = False
         return batches
 
     @property

@@ -40,6 +40,8 @@ CLOSE_POLICY = 1008
 CLOSE_TRY_AGAIN = 1013
 #: Messages refused for rate in a row before the connection is closed as abusive.
 MAX_REFUSALS = 100
+#: How long a closing connection may take to take its close frame.
+CLOSE_WAIT_S = 10.0
 
 
 class ProtocolError(ValueError):
@@ -113,7 +115,9 @@ class Session:
                 )
             )
             with contextlib.suppress(Exception):
-                await asyncio.wait_for(self.ws.close(code=code, reason=reason[:120]), 2.0)
+                # The close frame queues behind what the client has not read yet: give a slow reader
+                # time to reach it, so it learns why it was dropped.
+                await asyncio.wait_for(self.ws.close(code=code, reason=reason[:120]), CLOSE_WAIT_S)
 
     # --- sending ---------------------------------------------------------------------------------
     async def _send_loop(self) -> None:
