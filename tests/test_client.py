@@ -80,11 +80,16 @@ def test_a_restart_mid_stream_loses_and_duplicates_nothing(
     assert server.starts == 2
     assert_once_in_order(ticks)
     # And they are the ticks the server stored, price for price, across the restart.
-    stored = httpx.get(
-        server.url + "/history/ticks", params={"symbol": "OILX", "limit": 10_000}, timeout=10
-    ).json()["ticks"]
-    by_gseq = {t["gseq"]: t for t in stored}
     mine = [t for t in ticks if t.symbol == "OILX"]
+    deadline = time.monotonic() + 10
+    while True:  # the newest ticks reach the store a flush interval after they were streamed
+        stored = httpx.get(
+            server.url + "/history/ticks", params={"symbol": "OILX", "limit": 10_000}, timeout=10
+        ).json()["ticks"]
+        if (stored and stored[-1]["gseq"] >= mine[-1].gseq) or time.monotonic() > deadline:
+            break
+        time.sleep(0.1)
+    by_gseq = {t["gseq"]: t for t in stored}
     assert len(mine) > 20
     for t in mine:
         assert t.gseq in by_gseq
