@@ -121,6 +121,7 @@ class Stream:
         self.last_seq: dict[str, int] = {}
         self.connections = 0  #: successful connections so far (1 + reconnects)
         self.gaps = 0  #: holes the server could not fill (ticks it no longer has)
+        self.resyncs = 0  #: seq jumps seen on a live stream and filled from the server
         self._gap_retry_at: int | None = None
         self._gen: AsyncGenerator[Tick] | None = None
 
@@ -202,13 +203,15 @@ class Stream:
         return False
 
     def _accept_gap(self) -> bool:
-        """True when a resync from this point was already tried and brought nothing: the hole stays."""
+        """True when a resync from this point was already tried and brought nothing: the hole stays.
+        Otherwise the caller resyncs, from the last tick yielded."""
         if self._gap_retry_at == self.last_gseq:
             self.gaps += 1
             log.warning("marketfeed stream: the server no longer has ticks after gseq %d", self.last_gseq)
             self._gap_retry_at = None
             return True
         self._gap_retry_at = self.last_gseq
+        self.resyncs += 1
         return False
 
     # --- WebSocket -----------------------------------------------------------------------------------

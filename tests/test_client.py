@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 import asyncio
+import json
+import re
 import time
 from datetime import UTC, datetime
+from pathlib import Path
 
 import httpx
 import pandas as pd
 import pytest
-from serverproc import ServerProcess
+from serverproc import ServerFactory, ServerProcess
 
 from marketfeed.client import Stream, StreamError, Transport, history
+from marketfeed.engine import Universe
 from marketfeed.ticks import Tick
 
 TRANSPORTS: list[Transport] = ["ws", "sse"]
@@ -96,6 +100,43 @@ def test_a_restart_mid_stream_loses_and_duplicates_nothing(
         assert (t.seq, t.price, t.bid, t.ask, t.size) == tuple(
             by_gseq[t.gseq][k] for k in ("seq", "price", "bid", "ask", "size")
         )
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+def test_a_consumer_too_slow_for_the_server_still_sees_every_tick(
+    server_factory: ServerFactory, tmp_path: Path, transport: Transport
+) -> None:
+    # 200 symbols at 50 steps a second (about 2 MB/s): a consumer that pauses for seconds fills the
+    # socket buffers, and the server conflates its backlog to the newest tick per symbol. The client
+    # sees the seq jump and has the server fill it (replay or Last-Event-ID) before going on.
+    data = Universe.default().to_dict()
+    data["assets"] = [dict(data["assets"][i % 20], symbol=f"S{i:03d}") for i in range(200)]
+    universe = tmp_path / "universe.json"
+    universe.write_text(json.dumps(data))
+    server = server_factory(tick_rate=50, client_queue=4, slow_client_seconds=60, universe=universe).start()
+
+    async def scenario() -> tuple[list[Tick], Stream]:
+        got: list[Tick] = []
+        resynced_at = 0
+        async with Stream(server.url, transport=transport) as stream:
+            async for tick in stream:
+                got.append(tick)
+                if len(got) == 400:
+                    await asyncio.sleep(6)  # not reading
+                if stream.resyncs and not resynced_at:
+                    resynced_at = len(got)  # the backlog in the socket is read: the jump came
+                if resynced_at and len(got) >= resynced_at + 50 * 200:
+                    break
+        return got, stream
+
+    ticks, stream = asyncio.run(asyncio.wait_for(scenario(), 90))
+    metrics = httpx.get(server.url + "/metrics", timeout=10).text
+    conflated = re.search(r"^marketfeed_queue_conflated_ticks_total (\d+)", metrics, flags=re.MULTILINE)
+    assert conflated is not None
+    assert int(conflated.group(1)) > 0, "the server never conflated: the test did not test anything"
+    assert stream.resyncs >= 1
+    assert stream.gaps == 0
+    assert_once_in_order(ticks)
 
 
 @pytest.mark.parametrize("transport", TRANSPORTS)
