@@ -233,43 +233,48 @@ class Stream:
             if replaying:
                 await self._ask_replay(ws)
             held: list[Tick] = []
-            async for raw in ws:
-                msg = orjson.loads(raw)
-                kind = msg.get("type")
-                if kind in ("ticks", "snapshot"):
-                    ticks = [Tick.from_dict(d) for d in msg["data"]]
-                    if replaying:
-                        held.extend(ticks)
-                    elif self._has_gap(ticks) and not self._accept_gap():
-                        replaying = True
-                        held.extend(ticks)
-                        await self._ask_replay(ws)
-                    else:
+            try:
+                async for raw in ws:
+                    msg = orjson.loads(raw)
+                    kind = msg.get("type")
+                    if kind in ("ticks", "snapshot"):
+                        ticks = [Tick.from_dict(d) for d in msg["data"]]
+                        if replaying:
+                            held.extend(ticks)
+                        elif self._has_gap(ticks) and not self._accept_gap():
+                            replaying = True
+                            held.extend(ticks)
+                            await self._ask_replay(ws)
+                        else:
+                            for t in self._fresh(ticks):
+                                yield t
+                    elif kind == "replay":
+                        before = self.last_gseq
+                        for t in self._fresh(Tick.from_dict(d) for d in msg["data"]):
+                            yield t
+                        if self.last_gseq != before:
+                            self._gap_retry_at = None
+                    elif kind == "replay_end":
+                        # The held live ticks may themselves skip ticks (conflated while the replay ran):
+                        # replay again from here, unless that was just tried without progress.
+                        if self._has_gap(held) and not self._accept_gap():
+                            await self._ask_replay(ws)
+                            continue
+                        replaying = False
+                        ticks, held = held, []
                         for t in self._fresh(ticks):
                             yield t
-                elif kind == "replay":
-                    before = self.last_gseq
-                    for t in self._fresh(Tick.from_dict(d) for d in msg["data"]):
-                        yield t
-                    if self.last_gseq != before:
-                        self._gap_retry_at = None
-                elif kind == "replay_end":
-                    # The held live ticks may themselves skip ticks (conflated while the replay ran):
-                    # replay again from here, unless that was just tried without progress.
-                    if self._has_gap(held) and not self._accept_gap():
-                        await self._ask_replay(ws)
-                        continue
-                    replaying = False
-                    ticks, held = held, []
-                    for t in self._fresh(ticks):
-                        yield t
-                elif kind == "error":
-                    code = msg.get("code")
-                    if code in ("unknown_symbols", "bad_symbols", "too_many_symbols"):
-                        raise StreamError(f"{code}: {msg.get('message')}")
-                    log.warning("marketfeed stream: server error %s: %s", code, msg.get("message"))
-            if ws.close_code == CLOSE_POLICY and "key" in (ws.close_reason or ""):
-                raise StreamError(f"refused: {ws.close_reason}")
+                    elif kind == "error":
+                        code = msg.get("code")
+                        if code in ("unknown_symbols", "bad_symbols", "too_many_symbols"):
+                            raise StreamError(f"{code}: {msg.get('message')}")
+                        log.warning("marketfeed stream: server error %s: %s", code, msg.get("message"))
+            except ConnectionClosed:
+                # A refused key closes with 1008 and says so: retrying cannot help. Other closes
+                # (slow consumer, shutdown, network) are reconnected by _run.
+                if ws.close_code == CLOSE_POLICY and "key" in (ws.close_reason or ""):
+                    raise StreamError(f"refused: {ws.close_reason}") from None
+                raise
 
     async def _ask_replay(self, ws: ClientConnection) -> None:
         await ws.send(orjson.dumps({"action": "replay", "from_seq": self.last_gseq + 1}).decode())

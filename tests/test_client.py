@@ -151,6 +151,24 @@ def test_an_unknown_symbol_fails_at_once_instead_of_retrying(
         asyncio.run(asyncio.wait_for(scenario(), 15))
 
 
+@pytest.mark.parametrize("transport", TRANSPORTS)
+def test_api_keys(server_factory: ServerFactory, transport: Transport) -> None:
+    server = server_factory(api_keys="k-123").start()
+
+    async def first(key: str | None) -> Tick:
+        async with Stream(server.url, symbols=["NOVA"], transport=transport, api_key=key) as stream:
+            async for tick in stream:
+                return tick
+        raise AssertionError("the stream ended")
+
+    assert asyncio.run(asyncio.wait_for(first("k-123"), 15)).symbol == "NOVA"
+    with pytest.raises(StreamError, match=r"key|401"):
+        asyncio.run(asyncio.wait_for(first("wrong"), 15))  # refused for good, not retried
+    assert "gseq" in history(server.url, "NOVA", api_key="k-123").columns
+    with pytest.raises(ValueError, match="401"):
+        history(server.url, "NOVA")
+
+
 def test_a_server_that_never_comes_gives_up_after_max_retries() -> None:
     async def scenario() -> None:
         stream = Stream("http://127.0.0.1:9", symbols=["NOVA"], backoff_initial=0.01, max_retries=2)
