@@ -12,7 +12,15 @@ import pytest
 BENCH = Path(__file__).resolve().parent.parent / "bench"
 
 
-@pytest.mark.parametrize(("script", "needle"), [("engine.py", "vs NumPy"), ("fanout.py", "marketfeed")])
+@pytest.mark.parametrize(
+    ("script", "needle"),
+    [
+        ("engine.py", "vs NumPy"),
+        ("fanout.py", "marketfeed"),
+        ("ingest.py", "10,000-tick page"),
+        ("kafka.py", "KafkaBus"),
+    ],
+)
 def test_benchmark_runs_in_its_quick_configuration(script: str, needle: str) -> None:
     command = [sys.executable, str(BENCH / script), "--quick"]
     result = subprocess.run(command, capture_output=True, text=True, timeout=300, check=False)

@@ -130,7 +130,7 @@ def test_migrations_are_idempotent_and_partitions_are_made_ahead(dsn: str) -> No
         await again.start()
         for s in (*stores[1:], again):
             await s.close()
-        assert await count(dsn, "SELECT count(*) FROM schema_migrations") == 1
+        assert await count(dsn, "SELECT count(*) FROM schema_migrations") == 2
         today = time.strftime("%Y%m%d", time.gmtime())
         assert await count(dsn, f"SELECT count(*) FROM pg_class WHERE relname = 'ticks_{today}'") == 1
         parts = await count(dsn, "SELECT count(*) FROM pg_inherits WHERE inhparent = 'ticks'::regclass")
@@ -220,5 +220,9 @@ def test_a_long_outage_spills_to_a_file_and_loses_nothing(
 def test_migration_plan_per_flavour() -> None:
     plain = [m.name for m in plan(migrations_dir(), timescale=False)]
     timescale = [m.name for m in plan(migrations_dir(), timescale=True)]
-    assert plain == ["0001_schema.postgres.sql"]
-    assert timescale == ["0001_schema.timescale.sql", "0002_candles_1m.timescale.sql"]
+    assert plain == ["0001_schema.postgres.sql", "0002_symbol_time_index.postgres.sql"]
+    assert timescale == [
+        "0001_schema.timescale.sql",
+        "0002_candles_1m.timescale.sql",
+        "0003_symbol_time_index.timescale.sql",
+    ]

@@ -128,6 +128,7 @@ class PostgresHistory:
         self._partitions: set[int] = set()  # days (ts // DAY_NS) known to have a partition
         self._error: str | None = None
         self.timescale = False
+        self._max_gseq = 0  # newest gseq stored: the engine is the only writer and gseq only grows
         self.rows_written = 0
         self.rows_dropped = 0
         self.rows_spilled = 0
@@ -157,6 +158,7 @@ class PostgresHistory:
                     await self._apply_retention(conn)
             finally:
                 await conn.execute("SELECT pg_advisory_unlock($1)", MIGRATION_LOCK)
+        self._max_gseq = int(await self.pool.fetchval("SELECT coalesce(max(gseq), 0) FROM ticks"))
         self._wake = asyncio.Event()
         self._task = asyncio.create_task(self._run(), name="postgres-writer")
 
@@ -287,6 +289,7 @@ class PostgresHistory:
             # A retry after a partial replay re-sends rows already stored: the gseq check skips them.
             await self._commit(chunk, None, {r[3] // DAY_NS for r in chunk})
             self.rows_written += len(chunk)
+            self._max_gseq = max([self._max_gseq, *(r[0] for r in chunk)])
         self._spill_path.unlink()
         self._spill_rows = 0
         log.info("replayed %d spilled ticks into the history", len(ticks))
@@ -319,14 +322,16 @@ class PostgresHistory:
                 return
             batches, state = self._pending, self._state
             self._pending, self._pending_rows, self._state = [], 0, None
-            # One row per gseq, the first written: a tick regenerated after a restart keeps its original.
+            # Only what is newer than the newest stored row, once per gseq: a re-delivered tick, or one
+            # regenerated after a restart, keeps the original.
             unique: dict[int, Record] = {}
             for b in batches:
                 for t in b.ticks:
-                    unique.setdefault(t.gseq, tick_record(t))
+                    if t.gseq > self._max_gseq:
+                        unique.setdefault(t.gseq, tick_record(t))
             records = list(unique.values())
             try:
-                await self._commit(records, state, {t[3] // DAY_NS for t in records})
+                await self._commit(records, state, {t[3] // DAY_NS for t in records}, fast=True)
             except BaseException as exc:
                 self.write_errors += 1
                 self._error = str(exc) or type(exc).__name__
@@ -336,15 +341,31 @@ class PostgresHistory:
                     self._state = state
                 raise
             self._error = None
-            self.rows_written += len(records)  # offered; rows already stored are skipped by the insert
+            self.rows_written += len(records)
+            self._max_gseq = max([self._max_gseq, *(r[0] for r in records)])
             self.flushes += 1
             oldest = min((b.ticks[0].ts for b in batches if b.ticks), default=time.time_ns())
             self.write_lag_s = max(0.0, (time.time_ns() - oldest) / 1e9)
 
-    async def _commit(self, records: list[Record], state: str | None, days: set[int]) -> None:
+    async def _commit(
+        self, records: list[Record], state: str | None, days: set[int], *, fast: bool = False
+    ) -> None:
+        if not records and state is None:
+            return
         async with self.pool.acquire() as conn:
-            if not self.timescale and not days <= self._partitions:
+            if days and not self.timescale and not days <= self._partitions:
                 await self._ensure_partitions(conn, range(min(days), max(days) + 1 + self._ahead))
+            if fast:
+                # Rows newer than anything stored: binary COPY straight into the table. Should a row be
+                # there after all (another writer), the transaction fails and the checked path runs.
+                try:
+                    async with conn.transaction():
+                        if records:
+                            await conn.copy_records_to_table("ticks", records=records, columns=COLUMNS)
+                        await self._save_state(conn, state)
+                    return
+                except asyncpg.UniqueViolationError:
+                    log.warning("history: some ticks were already stored; writing the rest one by one")
             async with conn.transaction():
                 await conn.execute(
                     "CREATE TEMP TABLE IF NOT EXISTS ticks_staging "
@@ -352,12 +373,16 @@ class PostgresHistory:
                 )
                 await conn.copy_records_to_table("ticks_staging", records=records, columns=COLUMNS)
                 await conn.execute(INSERT_NEW)
-                if state is not None:
-                    await conn.execute(
-                        "INSERT INTO engine_state (id, state, updated) VALUES (1, $1, now()) "
-                        "ON CONFLICT (id) DO UPDATE SET state = excluded.state, updated = excluded.updated",
-                        state,
-                    )
+                await self._save_state(conn, state)
+
+    @staticmethod
+    async def _save_state(conn: Conn, state: str | None) -> None:
+        if state is not None:
+            await conn.execute(
+                "INSERT INTO engine_state (id, state, updated) VALUES (1, $1, now()) "
+                "ON CONFLICT (id) DO UPDATE SET state = excluded.state, updated = excluded.updated",
+                state,
+            )
 
     # --- reading ---------------------------------------------------------------------------------
     async def ticks(
@@ -371,7 +396,10 @@ class PostgresHistory:
     ) -> list[Tick]:
         where, params = ["gseq > $1"], [after_gseq]
         args: list[Any] = params
-        if symbols is not None:
+        if symbols is not None and len(symbols) == 1:
+            args.append(next(iter(symbols)))  # equality lets (symbol, gseq) deliver rows in order
+            where.append(f"symbol = ${len(args)}")
+        elif symbols is not None:
             args.append(sorted(symbols))
             where.append(f"symbol = ANY(${len(args)}::text[])")
         if start_ns is not None:

@@ -1,0 +1,200 @@
+"""History benchmarks: ingest through the stores' batch writers, and queries on a large table.
+
+    .venv/bin/python bench/ingest.py            # SQLite and PostgreSQL ingest, then PostgreSQL queries
+    .venv/bin/python bench/ingest.py --quick    # a tiny run (the test suite uses it)
+
+Ingest: batches of `--assets` ticks (one engine step each) are handed to the store's `write()` as
+fast as the writer takes them, with the backlog checked to stay bounded; ticks per second over the
+whole run, including the final flush. Baselines, measured in the same run: the plainest fast load of
+the same rows (SQLite `executemany` into a bare table; PostgreSQL binary COPY into a bare table) —
+what the store adds is its deduplication, indexes and the engine state in the same transaction.
+
+Queries (PostgreSQL): one day of 1-minute candles for one symbol and a 10,000-tick page, from a table
+of `--rows` ticks, p50 and p99 over `--repeat` runs. PostgreSQL is started like the tests start it
+(tests/services.py): a throwaway server on a free port.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sqlite3
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import asyncpg
+
+from marketfeed.history.candles import Interval
+from marketfeed.history.postgres import PostgresHistory
+from marketfeed.history.sqlite import SQLiteHistory
+from marketfeed.ticks import Tick, TickBatch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+from services import Postgres, free_port, postgres_bin, workdir
+
+DAY_NS = 86_400 * 10**9
+
+
+def batches(steps: int, assets: int, start_ns: int, step_ns: int, first: int = 0) -> list[TickBatch]:
+    out = []
+    for step in range(first, first + steps):
+        ts = start_ns + (step - first) * step_ns
+        price = 100.0 + (step % 50) * 0.01
+        ticks = [
+            Tick(f"S{i:03d}", step + 1, step * assets + i + 1, ts, price, 99.99, 100.01, 10, 0.2)
+            for i in range(assets)
+        ]
+        out.append(TickBatch(step=step, ticks=ticks, encoded=[b"{}"] * assets))  # stores never read these
+    return out
+
+
+Store = SQLiteHistory | PostgresHistory
+
+
+async def ingest(store: Store, data: list[TickBatch], bound: int) -> tuple[float, int]:
+    """Ticks per second through the store, and the largest backlog seen."""
+    await store.start()
+    worst = 0
+    t0 = time.perf_counter()
+    for batch in data:
+        store.write(batch, state='{"step": 0}')
+        backlog = int(store.metrics()["history_backlog_rows"])
+        worst = max(worst, backlog)
+        while store.metrics()["history_backlog_rows"] > bound:  # the engine would be paced; wait
+            await asyncio.sleep(0.001)
+        await asyncio.sleep(0)
+    await store.flush()
+    elapsed = time.perf_counter() - t0
+    await store.close()
+    return sum(len(b) for b in data) / elapsed, worst
+
+
+def rows_of(data: list[TickBatch]) -> list[tuple[int, str, int, int, float, float, float, int, float]]:
+    return [
+        (t.gseq, t.symbol, t.seq, t.ts, t.price, t.bid, t.ask, t.size, t.vol) for b in data for t in b.ticks
+    ]
+
+
+def sqlite_baseline(path: Path, data: list[TickBatch]) -> float:
+    rows = rows_of(data)
+    conn = sqlite3.connect(path, isolation_level=None)
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("PRAGMA synchronous=NORMAL")
+    conn.execute("CREATE TABLE t (gseq INTEGER, symbol TEXT, seq INTEGER, ts INTEGER, price REAL, bid REAL, "
+                 "ask REAL, size INTEGER, vol REAL)")  # fmt: skip
+    t0 = time.perf_counter()
+    for i in range(0, len(rows), 10_000):
+        conn.execute("BEGIN")
+        conn.executemany("INSERT INTO t VALUES (?,?,?,?,?,?,?,?,?)", rows[i : i + 10_000])
+        conn.execute("COMMIT")
+    elapsed = time.perf_counter() - t0
+    conn.close()
+    return len(rows) / elapsed
+
+
+async def postgres_baseline(dsn: str, data: list[TickBatch]) -> float:
+    rows = rows_of(data)
+    conn = await asyncpg.connect(dsn)
+    await conn.execute("CREATE TABLE bare (gseq bigint, symbol text, seq bigint, ts bigint, price float8, "
+                       "bid float8, ask float8, size bigint, vol float8)")  # fmt: skip
+    t0 = time.perf_counter()
+    for i in range(0, len(rows), 10_000):
+        await conn.copy_records_to_table("bare", records=rows[i : i + 10_000])
+    elapsed = time.perf_counter() - t0
+    await conn.close()
+    return len(rows) / elapsed
+
+
+async def queries(dsn: str, rows: int, repeat: int) -> tuple[list[float], list[float]]:
+    """Fill a table of `rows` ticks over one day, then time a day of 1-minute candles and a page."""
+    assets = 100
+    steps = rows // assets
+    day0 = (time.time_ns() // DAY_NS - 1) * DAY_NS
+    store = PostgresHistory(dsn, flush_rows=50_000)
+    await store.start()
+    step_ns = DAY_NS // steps
+    for chunk in range(0, steps, 2000):
+        for b in batches(min(2000, steps - chunk), assets, day0 + chunk * step_ns, step_ns, first=chunk):
+            store.write(b)
+        await store.flush()
+    conn = await asyncpg.connect(dsn)
+    await conn.execute("VACUUM ANALYZE ticks")
+    await conn.close()
+    candle_ms, page_ms = [], []
+    for i in range(repeat):
+        t0 = time.perf_counter()
+        candles = await store.candles(
+            symbol="S007", interval=Interval.M1, start_ns=day0, end_ns=day0 + DAY_NS, limit=5000
+        )
+        candle_ms.append((time.perf_counter() - t0) * 1000)
+        t0 = time.perf_counter()
+        symbol = frozenset({f"S{i % assets:03d}"})
+        page = await store.ticks(symbols=symbol, after_gseq=(i * 7919) % rows // 2, limit=10_000)
+        page_ms.append((time.perf_counter() - t0) * 1000)
+        if i == 0 and (not candles or not page):
+            raise RuntimeError("the query benchmark found no data")
+    await store.close()
+    return candle_ms, page_ms
+
+
+def row(name: str, rate: float, base: float, worst: int, what: str) -> str:
+    return f"{name:<12}{rate:>14,.0f}{base:>14,.0f}{rate / base:>8.2f}{worst:>14,}   {what}"
+
+
+def pct(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+async def main_async(args: argparse.Namespace) -> None:
+    data = batches(args.steps, args.assets, time.time_ns(), 10**8)
+    total = args.steps * args.assets
+    print(f"history benchmark: {total:,} ticks in batches of {args.assets} (one engine step each)")
+    print(f"{'store':<12}{'ticks/s':>14}{'baseline':>14}{'ratio':>8}{'max backlog':>14}   baseline")
+    with tempfile.TemporaryDirectory() as tmp:
+        lite = SQLiteHistory(Path(tmp) / "h.sqlite3", flush_rows=args.flush_rows)
+        rate, worst = await ingest(lite, data, args.bound)
+        base = sqlite_baseline(Path(tmp) / "bare.sqlite3", data)
+        print(row("sqlite", rate, base, worst, "executemany, bare table"))
+    bindir = postgres_bin()
+    if bindir is None:
+        print("postgres: not installed (sudo bash .ci/install-services.sh); skipped")
+        return
+    server = Postgres(workdir("bench-postgres"), free_port(), bindir)
+    server.initdb()
+    server.start()
+    try:
+        dsn = await asyncio.to_thread(server.create_database, "ingest")
+        rate, worst = await ingest(PostgresHistory(dsn, flush_rows=args.flush_rows), data, args.bound)
+        base = await postgres_baseline(dsn, data)
+        print(row("postgres", rate, base, worst, "binary COPY, bare table"))
+        candle_ms, page_ms = await queries(
+            await asyncio.to_thread(server.create_database, "queries"), args.rows, args.repeat
+        )
+        print(f"\nqueries on {args.rows:,} ticks (PostgreSQL), {args.repeat} runs:")
+        for name, ms in (("1-minute candles, one symbol, one day", candle_ms), ("10,000-tick page", page_ms)):
+            print(f"  {name:<38} p50 {statistics.median(ms):.1f} ms, p99 {pct(ms, 0.99):.1f} ms")
+    finally:
+        server.stop()
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--steps", type=int, default=20_000)
+    p.add_argument("--assets", type=int, default=100)
+    p.add_argument("--flush-rows", type=int, default=50_000)
+    p.add_argument("--bound", type=int, default=500_000, help="backlog the writer may reach")
+    p.add_argument("--rows", type=int, default=10_000_000, help="table size for the query benchmark")
+    p.add_argument("--repeat", type=int, default=50)
+    p.add_argument("--quick", action="store_true")
+    args = p.parse_args()
+    if args.quick:
+        args.steps, args.assets, args.rows, args.repeat, args.flush_rows = 50, 10, 20_000, 3, 100
+    asyncio.run(main_async(args))
+
+
+if __name__ == "__main__":
+    main()
