@@ -9,11 +9,12 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Annotated, Any
 
+import numpy as np
 import orjson
 from fastapi import APIRouter, Depends, Header, HTTPException, Query, Request, WebSocket
 from fastapi.responses import PlainTextResponse, Response
 
-from marketfeed import metrics
+from marketfeed import analytics, metrics
 from marketfeed.engine import SECONDS_PER_YEAR
 from marketfeed.history.candles import Candle, Interval
 from marketfeed.runtime import Runtime
@@ -229,6 +230,111 @@ async def history_candles(
         return csv_response((c.to_dict() for c in candles), CANDLE_FIELDS, f"{sym}-{interval.value}.csv")
     return json_response(
         {"symbol": sym, "interval": interval.value, "candles": [c.to_dict() for c in candles]}
+    )
+
+
+# --- analytics ---------------------------------------------------------------------------------------
+class Strategy(StrEnum):
+    MA_CROSSOVER = "ma_crossover"
+    MOMENTUM = "momentum"
+    PAIR = "pair"
+
+
+@router.get(
+    "/analytics/strategy",
+    responses=ERRORS,
+    tags=["analytics"],
+    dependencies=KEYED,
+    summary="A reference strategy over the stored candles: PnL, drawdown, Sharpe, turnover",
+)
+async def strategy(
+    request: Request,
+    symbol: Annotated[str, Query(description="the traded symbol (the first leg of a pair)")],
+    kind: Annotated[Strategy, Query(description="which strategy")] = Strategy.MA_CROSSOVER,
+    interval: Annotated[Interval, Query(description="bar width")] = Interval.S1,
+    fast: Annotated[int, Query(ge=1, le=10_000, description="fast moving average, bars")] = 10,
+    slow: Annotated[int, Query(ge=2, le=10_000, description="slow moving average, bars")] = 50,
+    lookback: Annotated[int, Query(ge=1, le=10_000, description="momentum lookback, bars")] = 20,
+    other: Annotated[str | None, Query(description="second leg of a pair")] = None,
+    window: Annotated[int, Query(ge=2, le=10_000, description="pair z-score window, bars")] = 50,
+    entry: Annotated[float, Query(gt=0, le=10, description="pair entry z-score")] = 1.5,
+) -> Response:
+    rt = runtime(request)
+    sym = one_symbol(rt, symbol)
+    limit = rt.settings.history_limit
+    closes = await _closes(rt, sym, interval, limit)
+    bars_per_year = SECONDS_PER_YEAR / rt.settings.speed / interval.seconds
+    try:
+        if kind is Strategy.MA_CROSSOVER:
+            result = analytics.moving_average_crossover(closes, fast, slow, bars_per_year)
+        elif kind is Strategy.MOMENTUM:
+            result = analytics.momentum(closes, lookback, bars_per_year)
+        else:
+            if other is None:
+                raise HTTPException(400, "a pair needs other=SYMBOL for its second leg")
+            second = await _closes(rt, one_symbol(rt, other), interval, limit)
+            n = min(len(closes), len(second))
+            result = analytics.pair_mean_reversion(closes[-n:], second[-n:], window, entry, bars_per_year)
+    except ValueError as exc:
+        raise HTTPException(400, str(exc)) from None
+    return json_response({"symbol": sym, "interval": interval.value, **result.to_dict()})
+
+
+async def _closes(rt: Runtime, symbol: str, interval: Interval, limit: int) -> np.ndarray:
+    candles = await rt.history.candles(
+        symbol=symbol, interval=interval, start_ns=None, end_ns=None, limit=limit
+    )
+    if len(candles) < 3:
+        raise HTTPException(
+            400, f"not enough history for {symbol} at {interval.value} yet ({len(candles)} bars)"
+        )
+    return np.array([c.close for c in candles], dtype=np.float64)
+
+
+@router.get(
+    "/analytics/volatility",
+    responses=ERRORS,
+    tags=["analytics"],
+    dependencies=KEYED,
+    summary="True volatility against a particle filter's and a rolling window's estimates",
+)
+async def volatility(
+    request: Request,
+    symbol: Annotated[str, Query(description="one symbol")],
+    limit: Annotated[int, Query(ge=50, le=20_000, description="most recent ticks used")] = 2000,
+    window: Annotated[int, Query(ge=5, le=5000, description="rolling estimator window, ticks")] = 100,
+) -> Response:
+    rt = runtime(request)
+    sym = one_symbol(rt, symbol)
+    asset = rt.universe[sym]
+    newest = await rt.history.ticks(
+        symbols=frozenset([sym]), after_gseq=max(0, rt.hub.last_gseq - limit * len(rt.symbols)), limit=limit
+    )
+    if len(newest) < 50:
+        raise HTTPException(400, f"not enough history for {sym} yet ({len(newest)} ticks)")
+    prices = np.array([t.price for t in newest])
+    true_vol = np.array([t.vol for t in newest])[1:]
+    # Ticks are rounded to the cent; use the mid to keep rounding noise out of the returns.
+    mids = np.log(np.array([(t.bid + t.ask) / 2 for t in newest]))
+    returns = np.diff(mids)
+    dt = rt.settings.dt_years
+    params = analytics.HestonParams(asset.mu, asset.kappa, asset.theta, asset.xi, asset.rho)
+    filtered = np.sqrt(analytics.particle_filter_variance(returns, dt, params, float(true_vol[0]) ** 2, 1000))
+    rolling = np.sqrt(analytics.rolling_variance(returns, dt, window))
+
+    def rmse(estimate: np.ndarray) -> float:
+        return float(np.sqrt(np.mean((estimate - true_vol) ** 2)))
+
+    return json_response(
+        {
+            "symbol": sym,
+            "ticks": len(prices),
+            "rmse_filter": rmse(filtered),
+            "rmse_rolling": rmse(rolling),
+            "true": true_vol.round(6).tolist(),
+            "filter": filtered.round(6).tolist(),
+            "rolling": rolling.round(6).tolist(),
+        }
     )
 
 

@@ -1,0 +1,86 @@
+"""Analytics: stylized facts, the variance filter against the naive estimator, reference strategies,
+and their REST endpoints on a real server."""
+
+from __future__ import annotations
+
+import time
+import warnings
+
+import httpx
+import numpy as np
+import pytest
+from serverproc import ServerProcess
+
+from marketfeed import analytics
+from marketfeed.engine import Asset, Scheme, Simulator, Universe
+
+ASSET = Asset("X", 100.0, 0.05, 0.04, 3.0, 0.04, 0.8, -0.7, (0.0,), 1.0)
+DT = 1 / (252 * 78)  # five-minute bars
+
+
+def one_asset_paths(steps: int, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # this asset violates the Feller condition, deliberately
+        sim = Simulator(Universe(("f",), ((1.0,),), (ASSET,)), dt=DT, seed=seed, scheme=Scheme.QE)
+    p = sim.paths(steps)
+    true_v = np.concatenate([[ASSET.v0], p.variances[:-1, 0]])  # the variance each return was drawn with
+    return p.log_returns[:, 0], true_v, p.prices[:, 0]
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_the_filter_beats_every_rolling_window(seed: int) -> None:
+    returns, true_v, _ = one_asset_paths(4000, seed)
+    params = analytics.HestonParams(ASSET.mu, ASSET.kappa, ASSET.theta, ASSET.xi, ASSET.rho)
+    filtered = analytics.particle_filter_variance(returns, DT, params, ASSET.v0, particles=1000, seed=seed)
+
+    def rmse(v: np.ndarray) -> float:
+        return float(np.sqrt(np.mean((np.sqrt(v[200:]) - np.sqrt(true_v[200:])) ** 2)))
+
+    best_rolling = min(rmse(analytics.rolling_variance(returns, DT, w)) for w in (20, 50, 100, 200, 400))
+    assert rmse(filtered) < best_rolling
+
+
+def test_stylized_facts_of_the_default_universe() -> None:
+    facts = analytics.stylized_facts(Simulator(seed=1, dt=1 / 252).paths(2000).log_returns, lags=5)
+    assert facts["excess_kurtosis"] > 0.3  # heavy tails from stochastic volatility
+    assert max(abs(x) for x in facts["acf_returns"]) < 0.1  # no linear predictability
+    assert min(facts["acf_abs_returns"]) > 0.05  # volatility clustering
+    assert np.mean(facts["leverage"]) < 0  # leverage: falls are followed by higher volatility
+    assert facts["largest_eigenvalue"] > 5 * facts["marchenko_pastur_bound"]  # one market mode
+
+
+def test_strategies_have_no_look_ahead_and_sane_statistics() -> None:
+    flat = np.full(500, 100.0)
+    assert analytics.moving_average_crossover(flat, 5, 20, 252).total_return == 0.0
+    _, _, prices = one_asset_paths(3000, 4)
+    for result in (
+        analytics.moving_average_crossover(prices, 10, 50, 252 * 78),
+        analytics.momentum(prices, 20, 252 * 78),
+        analytics.pair_mean_reversion(prices, prices * 1.01, 50, 1.5, 252 * 78),
+    ):
+        assert 0.0 <= result.max_drawdown < 1.0
+        assert 0.0 <= result.turnover <= 2.0
+        assert len(result.equity) == result.bars - 1
+    with pytest.raises(ValueError, match="fast < slow"):
+        analytics.moving_average_crossover(prices, 50, 10, 252)
+
+
+def test_analytics_endpoints(server: ServerProcess) -> None:
+    time.sleep(4.0)
+    r = httpx.get(server.url + "/analytics/strategy", params={"symbol": "NOVA", "fast": 2, "slow": 3})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["strategy"] == "ma_crossover(2,3)"
+    assert {"sharpe", "max_drawdown", "turnover", "equity"} <= set(body)
+    pair = httpx.get(
+        server.url + "/analytics/strategy", params={"symbol": "NOVA", "kind": "pair", "window": 2}
+    )
+    assert pair.status_code == 400
+    assert "other" in pair.json()["detail"]
+    bad = httpx.get(server.url + "/analytics/strategy", params={"symbol": "NOVA", "fast": 9, "slow": 3})
+    assert bad.status_code == 400
+    vol = httpx.get(server.url + "/analytics/volatility", params={"symbol": "QBIT", "window": 20})
+    assert vol.status_code == 200, vol.text
+    v = vol.json()
+    assert len(v["true"]) == len(v["filter"]) == len(v["rolling"]) == v["ticks"] - 1
+    assert v["rmse_filter"] > 0
