@@ -24,7 +24,7 @@ from typing import IO, Any, Literal
 import uvicorn
 from pydantic import ValidationError
 
-from marketfeed import __version__
+from marketfeed import __version__, facts
 from marketfeed.config import Settings
 
 EXIT_USAGE = 2
@@ -70,6 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
     _serve_parser(sub)
     _simulate_parser(sub)
     _export_parser(sub)
+    facts.add_parser(sub)
     return parser
 
 
@@ -116,6 +117,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     if args.command == "simulate":
         # Offline and explicit: no MARKETFEED_* variable may change what a seed writes.
         sys.exit(_offline(simulate, args))
+    if args.command == "facts":
+        sys.exit(_offline(lambda a: facts.run(a, UsageError), args))
     try:
         settings = settings_from(args)
     except ValidationError as exc:

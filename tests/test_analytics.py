@@ -3,8 +3,12 @@ and their REST endpoints on a real server."""
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
 import time
 import warnings
+from pathlib import Path
 
 import httpx
 import numpy as np
@@ -84,3 +88,23 @@ def test_analytics_endpoints(server: ServerProcess) -> None:
     v = vol.json()
     assert len(v["true"]) == len(v["filter"]) == len(v["rolling"]) == v["ticks"] - 1
     assert v["rmse_filter"] > 0
+
+
+def test_facts_command_writes_a_report_and_plots(tmp_path: Path) -> None:
+    out = tmp_path / "report"
+    result = subprocess.run(
+        [sys.executable, "-m", "marketfeed", "facts", "--out", str(out), "--steps", "2000", "--lags", "10"],
+        capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    facts = json.loads((out / "facts.json").read_text())
+    assert len(facts["acf_abs_returns"]) == 10
+    assert facts["excess_kurtosis"] > 0
+    assert (out / "facts.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    bad = subprocess.run(
+        [sys.executable, "-m", "marketfeed", "facts", "--out", str(out), "--steps", "ten"],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert bad.returncode == 2
+    assert bad.stderr.startswith("marketfeed: error:")
+    assert len(bad.stderr.strip().splitlines()) == 1
