@@ -7,17 +7,19 @@ import io
 from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
 from enum import StrEnum
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import numpy as np
 import orjson
 from fastapi import APIRouter, Depends, Header, HTTPException, Query, Request, WebSocket
 from fastapi.responses import PlainTextResponse, Response
+from pydantic import BaseModel, Field
 
-from marketfeed import analytics, metrics
+from marketfeed import analytics, metrics, scenarios
 from marketfeed.engine import SECONDS_PER_YEAR
 from marketfeed.history.candles import Candle, Interval
 from marketfeed.runtime import Runtime
+from marketfeed.scenarios import Scenario
 from marketfeed.schemas import CandlesPage, ErrorResponse, QuotesResponse, SymbolInfo, TicksPage
 from marketfeed.security import key_allowed, presented_key
 from marketfeed.streams.sse import EventStream
@@ -59,6 +61,14 @@ async def require_api_key(
 
 
 KEYED = [Depends(require_api_key)]
+
+
+async def require_admin_key(request: Request) -> None:
+    if not key_allowed(presented_key(request), runtime(request).settings.admin_keys):
+        raise HTTPException(401, "missing or invalid admin key", headers={"www-authenticate": "Bearer"})
+
+
+ADMIN = [Depends(require_admin_key)]
 
 #: The history endpoints also answer `format=csv`.
 WITH_CSV: dict[int | str, dict[str, Any]] = {**ERRORS, 200: {"content": {"text/csv": {}}}}
@@ -336,6 +346,45 @@ async def volatility(
             "rolling": rolling.round(6).tolist(),
         }
     )
+
+
+# --- control ---------------------------------------------------------------------------------------
+class ScenarioRequest(BaseModel):
+    kind: Literal["crash", "vol_spike"] = Field(
+        description="crash: a factor falls; vol_spike: variances jump"
+    )
+    factor: str | None = Field(None, description="crash: which factor, e.g. market")
+    size: float = Field(
+        0.0, description="crash: the factor's log-return, e.g. -0.1; assets move by beta times it"
+    )
+    multiplier: float = Field(
+        1.0, description="vol_spike: variances are multiplied by this (then mean-revert)"
+    )
+
+
+@router.post(
+    "/admin/scenario",
+    tags=["control"],
+    dependencies=ADMIN,
+    responses=ERRORS,
+    summary="Inject a scenario into the running market (admin key when keys are configured)",
+)
+async def inject_scenario(request: Request, body: ScenarioRequest) -> Response:
+    rt = runtime(request)
+    scenario = Scenario(kind=body.kind, factor=body.factor, size=body.size, multiplier=body.multiplier)
+    try:
+        scenarios.validate(scenario, list(rt.universe.factors))
+        record = rt.inject(scenario)
+    except ValueError as exc:
+        raise HTTPException(400, str(exc)) from None
+    except RuntimeError as exc:
+        raise HTTPException(409, str(exc)) from None
+    return json_response(record, status=202)
+
+
+@router.get("/admin/scenarios", tags=["control"], dependencies=ADMIN, summary="Scenarios injected so far")
+async def list_scenarios(request: Request) -> Response:
+    return json_response({"scenarios": runtime(request).scenario_log})
 
 
 # --- operations --------------------------------------------------------------------------------------

@@ -10,6 +10,7 @@ import contextlib
 import logging
 import resource
 import time
+from collections import deque
 from collections.abc import Coroutine
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -20,6 +21,7 @@ from marketfeed.engine import Simulator, SimulatorState, Universe
 from marketfeed.health import Status
 from marketfeed.history.store import HistoryStore
 from marketfeed.market import Market
+from marketfeed.scenarios import Scenario, apply_scenario
 from marketfeed.security import ConnectionLimiter
 from marketfeed.streams.bus import Bus
 from marketfeed.streams.hub import Hub
@@ -62,6 +64,8 @@ class Runtime:
         self.ticks_generated = 0
         self.late_steps = 0
         self.quote_updates_dropped = 0
+        self._scenarios: deque[Scenario] = deque()
+        self.scenario_log: list[dict[str, object]] = []
         self.step_seconds = 0.0
         self._cache_queue: asyncio.Queue[TickBatch] = asyncio.Queue(maxsize=64)
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="engine")
@@ -125,8 +129,19 @@ class Runtime:
 
     # --- engine side -----------------------------------------------------------------------------
     def _step(self, market: Market) -> tuple[TickBatch, str]:
+        while self._scenarios:  # applied between steps, on the engine thread that owns the state
+            apply_scenario(market, self._scenarios.popleft())
         batch = market.step()
         return batch, market.state().to_json()
+
+    def inject(self, scenario: Scenario) -> dict[str, object]:
+        """Queue a scenario for the next engine step; returns what was accepted."""
+        if self.market is None:
+            raise RuntimeError("this process runs no engine (role edge)")
+        record = {**scenario.to_dict(), "at_step": self.market.next_step, "ts": time.time_ns()}
+        self._scenarios.append(scenario)
+        self.scenario_log.append(record)
+        return record
 
     async def _engine_loop(self, market: Market) -> None:
         loop = asyncio.get_running_loop()

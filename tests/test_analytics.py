@@ -13,7 +13,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
-from serverproc import ServerProcess
+from serverproc import ServerFactory, ServerProcess
 
 from marketfeed import analytics
 from marketfeed.engine import Asset, Scheme, Simulator, Universe
@@ -108,3 +108,31 @@ def test_facts_command_writes_a_report_and_plots(tmp_path: Path) -> None:
     assert bad.returncode == 2
     assert bad.stderr.startswith("marketfeed: error:")
     assert len(bad.stderr.strip().splitlines()) == 1
+
+
+def test_scenarios_move_the_market_and_need_the_admin_key(server_factory: ServerFactory) -> None:
+    server = server_factory(admin_keys="admin-secret").start()
+    admin = {"X-API-Key": "admin-secret"}
+    crash = {"kind": "crash", "factor": "market", "size": -0.2}
+    assert httpx.post(server.url + "/admin/scenario", json=crash).status_code == 401
+    before = {q["symbol"]: q["price"] for q in httpx.get(server.url + "/quotes/latest").json()["quotes"]}
+    accepted = httpx.post(server.url + "/admin/scenario", json=crash, headers=admin)
+    assert accepted.status_code == 202, accepted.text
+    time.sleep(0.5)
+    after = {q["symbol"]: q["price"] for q in httpx.get(server.url + "/quotes/latest").json()["quotes"]}
+    # NOVA's market beta is 1.1: about exp(-0.22) = -20%; UTIL's is 0.5: about -10%.
+    assert 0.75 < after["NOVA"] / before["NOVA"] < 0.85
+    assert 0.85 < after["UTIL"] / before["UTIL"] < 0.95
+    vol_before = {q["symbol"]: q["vol"] for q in httpx.get(server.url + "/quotes/latest").json()["quotes"]}
+    spike = httpx.post(
+        server.url + "/admin/scenario", json={"kind": "vol_spike", "multiplier": 4}, headers=admin
+    )
+    assert spike.status_code == 202
+    time.sleep(0.5)
+    vol_after = {q["symbol"]: q["vol"] for q in httpx.get(server.url + "/quotes/latest").json()["quotes"]}
+    assert 1.8 < vol_after["QBIT"] / vol_before["QBIT"] < 2.2  # variance x4 is volatility x2
+    bad = httpx.post(server.url + "/admin/scenario", json={"kind": "crash", "factor": "moon"}, headers=admin)
+    assert bad.status_code == 400
+    assert "factor" in bad.json()["detail"]
+    log = httpx.get(server.url + "/admin/scenarios", headers=admin).json()["scenarios"]
+    assert [s["kind"] for s in log] == ["crash", "vol_spike"]
