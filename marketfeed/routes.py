@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import csv
 import io
-from collections.abc import Iterable, Sequence
+from collections.abc import AsyncIterator, Iterable, Sequence
 from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Annotated, Any, Literal
@@ -12,7 +13,7 @@ from typing import Annotated, Any, Literal
 import numpy as np
 import orjson
 from fastapi import APIRouter, Depends, Header, HTTPException, Query, Request, WebSocket
-from fastapi.responses import PlainTextResponse, Response
+from fastapi.responses import PlainTextResponse, Response, StreamingResponse
 from pydantic import BaseModel, Field
 
 from marketfeed import analytics, metrics, scenarios
@@ -24,7 +25,7 @@ from marketfeed.schemas import CandlesPage, ErrorResponse, QuotesResponse, Symbo
 from marketfeed.security import key_allowed, presented_key
 from marketfeed.streams.sse import EventStream
 from marketfeed.streams.websocket import CLOSE_POLICY, CLOSE_TRY_AGAIN, Session
-from marketfeed.ticks import SCHEMA_VERSION
+from marketfeed.ticks import SCHEMA_VERSION, sse_event
 
 router = APIRouter()
 
@@ -444,6 +445,47 @@ async def stream_sse(
         shutdown=rt.shutdown,
         on_close=lambda: rt.limiter.release(address),
     )
+
+
+@router.get(
+    "/replay/sse",
+    tags=["streams"],
+    dependencies=KEYED,
+    summary="Replay a stored time range as SSE `tick` events, at `speed` times real time (0: at once)",
+    responses={
+        200: {"content": {"text/event-stream": {}}, "description": "the live schema, then `end`"},
+        **ERRORS,
+    },
+)
+async def replay_sse(
+    request: Request,
+    start: Annotated[datetime, Query(description="inclusive, ISO 8601 or Unix seconds")],
+    end: EndQ = None,
+    symbols: Annotated[str | None, Query(description="comma-separated; default: all")] = None,
+    speed: Annotated[
+        float, Query(ge=0, le=10_000, description="times real time; 0 sends as fast as possible")
+    ] = 1.0,
+) -> Response:
+    rt = runtime(request)
+    wanted = parse_symbols(rt, symbols, required=False)
+    s, e = time_range(start, end)
+
+    async def events() -> AsyncIterator[bytes]:
+        yield b"retry: 2000\n\n"
+        after, previous = 0, None
+        while True:
+            page = await rt.history.ticks(symbols=wanted, start_ns=s, end_ns=e, after_gseq=after, limit=5000)
+            for t in page:
+                if speed > 0 and previous is not None and t.ts > previous:
+                    await asyncio.sleep(min((t.ts - previous) / 1e9 / speed, 60.0))
+                previous = t.ts
+                yield sse_event(t.to_json(), t.gseq)
+            if len(page) < 5000:
+                break
+            after = page[-1].gseq
+        yield b"event: end\ndata: {}\n\n"
+
+    return StreamingResponse(events(), media_type="text/event-stream", headers={"cache-control": "no-cache"})
 
 
 async def stream_ws(websocket: WebSocket) -> None:

@@ -126,3 +126,16 @@ def test_a_client_that_never_reads_does_not_delay_another(server_factory: Server
         assert "marketfeed_clients" in metrics
     finally:
         stalled.close()
+
+
+def test_replay_streams_a_stored_range_at_speed(server: ServerProcess) -> None:
+    time.sleep(2.0)
+    stored = httpx.get(server.url + "/history/ticks", params={"symbol": "NOVA", "limit": 30}).json()["ticks"]
+    start, end = stored[0]["time"], stored[-1]["time"]
+    url = server.url + f"/replay/sse?symbols=NOVA&start={start}&end={end}&speed=2"
+    began = time.monotonic()
+    replayed = read_ticks(url, len(stored) - 1)
+    elapsed = time.monotonic() - began
+    assert replayed == stored[:-1]  # the live schema, the same ticks, in order
+    span = (stored[-2]["ts"] - stored[0]["ts"]) / 1e9
+    assert span / 2 * 0.8 < elapsed < span / 2 + 2.0  # paced at twice real time
