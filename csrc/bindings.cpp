@@ -18,6 +18,7 @@ namespace {
 // Parameters are copied into the engine, so an implicit conversion (from a list or float32) is fine.
 using InVec = nb::ndarray<const double, nb::ndim<1>, nb::c_contig, nb::device::cpu>;
 using InMat = nb::ndarray<const double, nb::ndim<2>, nb::c_contig, nb::device::cpu>;
+using InCube = nb::ndarray<const double, nb::ndim<3>, nb::c_contig, nb::device::cpu>;
 // Outputs are written in place: a silently converted copy would swallow the results, so these
 // arguments are bound with .noconvert() and must already be C-contiguous float64.
 using OutMat = nb::ndarray<double, nb::ndim<2>, nb::c_contig, nb::device::cpu>;
@@ -25,13 +26,17 @@ using OutMat = nb::ndarray<double, nb::ndim<2>, nb::c_contig, nb::device::cpu>;
 std::vector<double> to_vector(const InVec& a) { return {a.data(), a.data() + a.shape(0)}; }
 
 mf::Engine make_engine(InVec log_s0, InVec mu, InVec v0, InVec kappa, InVec theta, InVec xi, InVec rho,
-                       InMat loadings, InVec idio, InMat factor_chol, InVec jump_lambda, InVec jump_mean,
-                       InVec jump_std, double dt, std::uint64_t seed, int scheme, int threads) {
+                       InMat loadings, InVec idio, InCube factor_chol, InVec regime_scale, InMat regime_switch,
+                       InVec jump_lambda, InVec jump_mean, InVec jump_std, double dt, std::uint64_t seed,
+                       int scheme, int threads) {
   if (scheme != 0 && scheme != 1) throw std::invalid_argument("scheme must be 0 (QE) or 1 (Euler)");
   mf::ModelParams p;
   p.n_assets = log_s0.shape(0);
-  p.n_factors = factor_chol.shape(0);
-  if (factor_chol.shape(1) != p.n_factors) throw std::invalid_argument("factor_chol must be square");
+  p.n_regimes = factor_chol.shape(0);
+  p.n_factors = factor_chol.shape(1);
+  if (factor_chol.shape(2) != p.n_factors) throw std::invalid_argument("factor_chol must be (regimes, K, K)");
+  if (regime_switch.shape(0) != p.n_regimes || regime_switch.shape(1) != p.n_regimes)
+    throw std::invalid_argument("regime_switch must be (regimes, regimes)");
   if (loadings.shape(0) != p.n_factors || loadings.shape(1) != p.n_assets)
     throw std::invalid_argument("loadings must have shape (n_factors, n_assets)");
   p.log_s0 = to_vector(log_s0);
@@ -44,6 +49,8 @@ mf::Engine make_engine(InVec log_s0, InVec mu, InVec v0, InVec kappa, InVec thet
   p.loadings.assign(loadings.data(), loadings.data() + loadings.size());
   p.idio = to_vector(idio);
   p.factor_chol.assign(factor_chol.data(), factor_chol.data() + factor_chol.size());
+  p.regime_scale = to_vector(regime_scale);
+  p.regime_switch.assign(regime_switch.data(), regime_switch.data() + regime_switch.size());
   p.jump_lambda = to_vector(jump_lambda);
   p.jump_mean = to_vector(jump_mean);
   p.jump_std = to_vector(jump_std);
@@ -73,7 +80,8 @@ NB_MODULE(_engine, m) {
 
   nb::class_<mf::Engine>(m, "Engine")
       .def(nb::new_(&make_engine), "log_s0"_a, "mu"_a, "v0"_a, "kappa"_a, "theta"_a, "xi"_a, "rho"_a,
-           "loadings"_a, "idio"_a, "factor_chol"_a, "jump_lambda"_a, "jump_mean"_a, "jump_std"_a, "dt"_a,
+           "loadings"_a, "idio"_a, "factor_chol"_a, "regime_scale"_a, "regime_switch"_a, "jump_lambda"_a,
+           "jump_mean"_a, "jump_std"_a, "dt"_a,
            "seed"_a, "scheme"_a, "threads"_a = 1,
            "Build an engine from validated per-asset arrays (see marketfeed.engine.Simulator).")
       .def("run", &run, "n"_a, "prices"_a.noconvert(), "variances"_a.noconvert(),
@@ -83,10 +91,10 @@ NB_MODULE(_engine, m) {
       .def("draw_only", &mf::Engine::draw_only, "n"_a, nb::call_guard<nb::gil_scoped_release>(),
            "Draw the random numbers n steps would consume and discard them (benchmark floor).")
       .def("state", [](const mf::Engine& e) {
-             return std::make_tuple(e.step_index(), e.log_prices(), e.variances(), e.factor_levels());
-           }, "Return (step, log_prices, variances, factor_levels).")
+             return std::make_tuple(e.step_index(), e.log_prices(), e.variances(), e.factor_levels(), e.regime());
+           }, "Return (step, log_prices, variances, factor_levels, regime).")
       .def("set_state", &mf::Engine::set_state, "step"_a, "log_prices"_a, "variances"_a, "factor_levels"_a,
-           "Restore a state returned by state().")
+           "regime"_a = 0, "Restore a state returned by state().")
       .def_prop_rw("threads", &mf::Engine::threads, &mf::Engine::set_threads)
       .def_prop_ro("n_assets", &mf::Engine::n_assets)
       .def_prop_ro("n_factors", &mf::Engine::n_factors)

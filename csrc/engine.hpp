@@ -34,7 +34,10 @@ struct ModelParams {
   std::vector<double> log_s0, mu, v0, kappa, theta, xi, rho;
   std::vector<double> loadings;      // K x N, factor-major: a_i for factor k at [k * N + i]
   std::vector<double> idio;          // s_i
-  std::vector<double> factor_chol;   // K x K lower-triangular Cholesky factor of C, row-major
+  std::vector<double> factor_chol;   // R x K x K: per regime, the lower Cholesky factor of C, row-major
+  std::size_t n_regimes = 1;
+  std::vector<double> regime_scale{1.0};   // R: factor volatility multiplier of each regime
+  std::vector<double> regime_switch{1.0};  // R x R: per-step transition probabilities, rows sum to 1
   std::vector<double> jump_lambda, jump_mean, jump_std;  // ln(1 + J) ~ N(jump_mean, jump_std^2)
   double dt = 0.0;
   std::uint64_t seed = 0;
@@ -55,7 +58,11 @@ class Engine {
                     &p_.jump_lambda, &p_.jump_mean, &p_.jump_std})
       need(*v, N, "per-asset parameter");
     need(p_.loadings, K * N, "loadings");
-    need(p_.factor_chol, K * K, "factor_chol");
+    const std::size_t R = p_.n_regimes;
+    if (R == 0) throw std::invalid_argument("n_regimes must be >= 1");
+    need(p_.factor_chol, R * K * K, "factor_chol");
+    need(p_.regime_scale, R, "regime_scale");
+    need(p_.regime_switch, R * R, "regime_switch");
     if (!(p_.dt > 0.0)) throw std::invalid_argument("dt must be > 0");
     set_threads(threads);
     precompute();
@@ -78,15 +85,18 @@ class Engine {
   const std::vector<double>& log_prices() const { return x_; }
   const std::vector<double>& variances() const { return v_; }
   const std::vector<double>& factor_levels() const { return factor_level_; }
+  std::size_t regime() const { return regime_; }
 
   void set_state(std::uint64_t step, const std::vector<double>& x, const std::vector<double>& v,
-                 const std::vector<double>& f) {
+                 const std::vector<double>& f, std::size_t regime) {
     if (x.size() != p_.n_assets || v.size() != p_.n_assets || f.size() != p_.n_factors)
       throw std::invalid_argument("state arrays do not match the universe's shape");
+    if (regime >= p_.n_regimes) throw std::invalid_argument("regime out of range");
     step_ = step;
     x_ = x;
     v_ = v;
     factor_level_ = f;
+    regime_ = regime;
   }
 
   // Advance n steps. Output arrays are (rows x N), row-major. rows == n records every step;
@@ -101,6 +111,9 @@ class Engine {
     const double sqdt = std::sqrt(p_.dt);
     for (std::size_t t = 0; t < n; ++t) {
       const std::uint64_t step = step_ + t;
+      next_regime(step);
+      const double* chol = &p_.factor_chol[regime_ * K * K];
+      const double scale = p_.regime_scale[regime_];
       for (std::size_t k = 0; k < K; ++k) {
         const U32x4 r = philox4x32_10({static_cast<std::uint32_t>(k), lo(step), hi(step), kFactorStream},
                                       key0(), key1());
@@ -108,9 +121,9 @@ class Engine {
       }
       for (std::size_t k = 0; k < K; ++k) {
         double s = 0.0;
-        for (std::size_t j = 0; j <= k; ++j) s += p_.factor_chol[k * K + j] * z[j];
-        f[t * K + k] = s;
-        factor_level_[k] += sqdt * s;
+        for (std::size_t j = 0; j <= k; ++j) s += chol[k * K + j] * z[j];
+        f[t * K + k] = scale * s;
+        factor_level_[k] += sqdt * scale * s;
       }
     }
     const std::vector<double> x_start = rows == 1 ? x_ : std::vector<double>{};
@@ -168,6 +181,26 @@ class Engine {
     std::vector<double> w;       // factor part of the price driver
     std::vector<double> x_prev;  // log-prices before the step, for per-step returns
   };
+
+  // The market regime is a Markov chain advanced once per step, before the factor shocks, from its own
+  // counter (index 0xFFFFFFFF of the factor stream), so with one regime nothing else changes.
+  void next_regime(std::uint64_t step) {
+    const std::size_t R = p_.n_regimes;
+    if (R == 1) return;
+    const U32x4 r = philox4x32_10({0xFFFFFFFFu, lo(step), hi(step), kFactorStream}, key0(), key1());
+    const double u = uniform_from_bits(r.v[0]);
+    const double* row = &p_.regime_switch[regime_ * R];
+    double cdf = 0.0;
+    std::size_t next = R - 1;
+    for (std::size_t j = 0; j < R; ++j) {
+      cdf += row[j];
+      if (u < cdf) {
+        next = j;
+        break;
+      }
+    }
+    regime_ = next;
+  }
 
   static std::uint32_t lo(std::uint64_t s) { return static_cast<std::uint32_t>(s); }
   static std::uint32_t hi(std::uint64_t s) { return static_cast<std::uint32_t>(s >> 32); }
@@ -429,6 +462,7 @@ class Engine {
   int threads_ = 1;
   std::uint64_t step_ = 0;
   std::vector<double> x_, v_, factor_level_;
+  std::size_t regime_ = 0;
   // Per-asset constants derived from the parameters and dt.
   std::vector<double> rho_, rc_, mudt_, kdt_, E_, c1_, c2_, K2_, K3_, A_, ldt_, exp_mldt_, jump_comp_;
   bool jumps_ = false;

@@ -66,12 +66,60 @@ class Asset:
 
 
 @dataclass(frozen=True, slots=True)
+class Regime:
+    """A market regime: factor volatility scaled by `vol_scale`, factors correlated by `correlation`
+    (the universe's own when None). Regimes switch as a continuous-time Markov chain."""
+
+    name: str
+    vol_scale: float = 1.0
+    correlation: tuple[tuple[float, ...], ...] | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class Universe:
-    """Market factors with their correlation matrix, and the assets that load on them."""
+    """Market factors with their correlation matrix, and the assets that load on them.
+
+    Optional regimes (e.g. calm and stressed): `regime_rates[i][j]` is the rate per year of switching
+    from regime i to regime j (the diagonal is ignored); the market starts in the first regime.
+    """
 
     factors: tuple[str, ...]
     correlation: tuple[tuple[float, ...], ...]
     assets: tuple[Asset, ...]
+    regimes: tuple[Regime, ...] = ()
+    regime_rates: tuple[tuple[float, ...], ...] = ()
+
+    def regime_switch(self, dt: float) -> FloatArray:
+        """Per-step transition probabilities exp(Q dt) of the regime chain (identity without regimes)."""
+        r = max(1, len(self.regimes))
+        if not self.regimes:
+            return np.eye(1)
+        q = np.array(self.regime_rates, dtype=np.float64).reshape(r, r)
+        np.fill_diagonal(q, 0.0)
+        np.fill_diagonal(q, -q.sum(axis=1))
+        # exp(Q dt) by scaling and squaring a Taylor series: Q dt is tiny for real-time steps.
+        a = q * dt
+        squarings = max(0, int(np.ceil(np.log2(max(np.abs(a).sum(axis=1).max(), 1e-300)))) + 1)
+        a = a / 2**squarings
+        term, out = np.eye(r), np.eye(r)
+        for k in range(1, 12):
+            term = term @ a / k
+            out = out + term
+        for _ in range(squarings):
+            out = out @ out
+        out = np.clip(out, 0.0, None)
+        result: FloatArray = out / out.sum(axis=1, keepdims=True)
+        return result
+
+    def regime_correlations(self) -> list[FloatArray]:
+        base = self.correlation_matrix()
+        if not self.regimes:
+            return [base]
+        k = len(self.factors)
+        return [
+            base if g.correlation is None else np.array(g.correlation, dtype=np.float64).reshape(k, k)
+            for g in self.regimes
+        ]
 
     @property
     def symbols(self) -> list[str]:
@@ -97,9 +145,20 @@ class Universe:
             assets = tuple(
                 Asset(**{**a, "betas": tuple(float(b) for b in a["betas"])}) for a in data["assets"]
             )
-        except (KeyError, TypeError) as exc:
+            regimes = tuple(
+                Regime(
+                    name=str(g["name"]),
+                    vol_scale=float(g.get("vol_scale", 1.0)),
+                    correlation=tuple(tuple(float(x) for x in row) for row in g["correlation"])
+                    if g.get("correlation") is not None
+                    else None,
+                )
+                for g in data.get("regimes", [])
+            )
+            rates = tuple(tuple(float(x) for x in row) for row in data.get("regime_rates", []))
+        except (KeyError, TypeError, AttributeError) as exc:
             raise ValueError(f"invalid universe definition: {exc}") from exc
-        return cls(factors=factors, correlation=corr, assets=assets)
+        return cls(factors=factors, correlation=corr, assets=assets, regimes=regimes, regime_rates=rates)
 
     @classmethod
     def from_json(cls, path: str | Path) -> Universe:
@@ -114,6 +173,14 @@ class Universe:
             "factors": list(self.factors),
             "correlation": [list(r) for r in self.correlation],
             "assets": [{**asdict(a), "betas": list(a.betas)} for a in self.assets],
+            **(
+                {
+                    "regimes": [asdict(g) for g in self.regimes],
+                    "regime_rates": [list(r) for r in self.regime_rates],
+                }
+                if self.regimes
+                else {}
+            ),
         }
 
     def correlation_matrix(self) -> FloatArray:
@@ -137,6 +204,28 @@ class Universe:
         np.fill_diagonal(out, 1.0)
         return out
 
+    def _validate_regimes(self, k: int) -> None:
+        if not self.regimes:
+            if self.regime_rates:
+                raise ValueError("regime_rates: given without regimes")
+            return
+        r = len(self.regimes)
+        if len(self.regime_rates) != r or any(len(row) != r for row in self.regime_rates):
+            raise ValueError(f"regime_rates: must be a {r}x{r} matrix (one row and column per regime)")
+        for i, row in enumerate(self.regime_rates):
+            for j, rate in enumerate(row):
+                if i != j and not (math.isfinite(rate) and rate >= 0):
+                    raise ValueError(f"regime_rates: rates must be finite and >= 0 (got {rate!r})")
+        for g in self.regimes:
+            if not (math.isfinite(g.vol_scale) and g.vol_scale > 0):
+                raise ValueError(f"regime {g.name}: vol_scale must be > 0 (got {g.vol_scale!r})")
+            if g.correlation is not None:
+                if len(g.correlation) != k or any(len(row) != k for row in g.correlation):
+                    raise ValueError(f"regime {g.name}: correlation must be a {k}x{k} matrix")
+                _validate_correlation(
+                    np.array(g.correlation, dtype=np.float64), f"regime {g.name}: correlation"
+                )
+
     def validate(self) -> None:
         """Raise ValueError naming the first bad parameter; warn on Feller violations."""
         k = len(self.factors)
@@ -146,17 +235,8 @@ class Universe:
             raise ValueError("assets: the universe is empty")
         if len(self.correlation) != k or any(len(r) != k for r in self.correlation):
             raise ValueError(f"correlation: must be a {k}x{k} matrix (one row and column per factor)")
-        c = self.correlation_matrix()
-        if not np.all(np.isfinite(c)):
-            raise ValueError("correlation: entries must be finite")
-        if not np.allclose(c, c.T, atol=1e-12):
-            raise ValueError("correlation: must be symmetric")
-        if not np.allclose(np.diag(c), 1.0, atol=1e-12):
-            raise ValueError("correlation: diagonal entries must be 1")
-        if np.any(np.abs(c) > 1.0 + 1e-12):
-            raise ValueError("correlation: entries must lie in [-1, 1]")
-        if float(np.linalg.eigvalsh(c).min()) < -1e-10:
-            raise ValueError("correlation: must be positive semi-definite")
+        _validate_correlation(self.correlation_matrix(), "correlation")
+        self._validate_regimes(k)
         seen: set[str] = set()
         for a in self.assets:
             _validate_asset(a, k)
@@ -171,6 +251,19 @@ class Universe:
                     FellerConditionWarning,
                     stacklevel=3,
                 )
+
+
+def _validate_correlation(c: FloatArray, name: str) -> None:
+    if not np.all(np.isfinite(c)):
+        raise ValueError(f"{name}: entries must be finite")
+    if not np.allclose(c, c.T, atol=1e-12):
+        raise ValueError(f"{name}: must be symmetric")
+    if not np.allclose(np.diag(c), 1.0, atol=1e-12):
+        raise ValueError(f"{name}: diagonal entries must be 1")
+    if np.any(np.abs(c) > 1.0 + 1e-12):
+        raise ValueError(f"{name}: entries must lie in [-1, 1]")
+    if float(np.linalg.eigvalsh(c).min()) < -1e-10:
+        raise ValueError(f"{name}: must be positive semi-definite")
 
 
 def _validate_asset(a: Asset, n_factors: int) -> None:
@@ -234,6 +327,7 @@ class SimulatorState:
     scheme: str
     dt: float
     symbols: list[str] = field(default_factory=list)
+    regime: int = 0  #: index of the current market regime (0 without regimes)
 
     def to_json(self) -> str:
         return json.dumps(asdict(self))
@@ -284,7 +378,9 @@ class Simulator:
             return np.array([getattr(a, name) for a in u.assets], dtype=np.float64)
 
         loadings, idio = u.driver_loadings()
-        chol = np.linalg.cholesky(u.correlation_matrix() + 1e-14 * np.eye(len(u.factors)))
+        eye = 1e-14 * np.eye(len(u.factors))
+        chol = np.stack([np.linalg.cholesky(c + eye) for c in u.regime_correlations()])
+        scales = np.array([g.vol_scale for g in u.regimes] or [1.0], dtype=np.float64)
         zero = np.zeros(len(u.assets))
         self._engine = _engine.Engine(
             log_s0=np.log(col("s0")),
@@ -297,6 +393,8 @@ class Simulator:
             loadings=np.ascontiguousarray(loadings.T),
             idio=idio,
             factor_chol=np.ascontiguousarray(chol),
+            regime_scale=scales,
+            regime_switch=np.ascontiguousarray(u.regime_switch(float(dt))),
             jump_lambda=col("jump_intensity") if jumps else zero,
             jump_mean=col("jump_mean") if jumps else zero,
             jump_std=col("jump_std") if jumps else zero,
@@ -313,6 +411,11 @@ class Simulator:
     @property
     def n_assets(self) -> int:
         return len(self.universe.assets)
+
+    @property
+    def regime(self) -> int:
+        """Index of the current market regime in `universe.regimes` (0 without regimes)."""
+        return int(self._engine.state()[4])
 
     @property
     def step_index(self) -> int:
@@ -352,12 +455,13 @@ class Simulator:
         return Paths(prices=out[0], variances=out[1], log_returns=out[2])
 
     def state(self) -> SimulatorState:
-        step, x, v, f = self._engine.state()
+        step, x, v, f, regime = self._engine.state()
         return SimulatorState(
             step=int(step),
             log_prices=list(x),
             variances=list(v),
             factor_levels=list(f),
+            regime=int(regime),
             seed=self.seed,
             scheme=self.scheme.value,
             dt=self.dt,
@@ -372,7 +476,9 @@ class Simulator:
             raise ValueError("state: seed, scheme and dt must match the simulator's")
         if len(state.log_prices) != self.n_assets or len(state.variances) != self.n_assets:
             raise ValueError("state: one log-price and one variance per asset are required")
-        self._engine.set_state(state.step, state.log_prices, state.variances, state.factor_levels)
+        self._engine.set_state(
+            state.step, state.log_prices, state.variances, state.factor_levels, state.regime
+        )
 
     def draw_only(self, n: int) -> float:
         """Draw the random numbers n steps would use, and nothing else (the benchmark's floor)."""
