@@ -367,7 +367,8 @@ class ScenarioRequest(BaseModel):
     "/admin/scenario",
     tags=["control"],
     dependencies=ADMIN,
-    responses=ERRORS,
+    status_code=202,
+    responses={**ERRORS, 409: {"model": ErrorResponse, "description": "this process runs no engine"}},
     summary="Inject a scenario into the running market (admin key when keys are configured)",
 )
 async def inject_scenario(request: Request, body: ScenarioRequest) -> Response:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -34,7 +35,9 @@ def test_http_api_fuzzed_from_its_openapi_document(server: ServerProcess) -> Non
         env={**os.environ, "SCHEMATHESIS_HOOKS": ""},
     )  # fmt: skip
     assert result.returncode == 0, result.stdout[-4000:]
-    assert "Tested: 7" in result.stdout
+    tested = re.search(r"Tested: (\d+)", result.stdout)
+    assert tested is not None
+    assert int(tested.group(1)) >= 10  # every operation but the live stream
 
 
 async def expect_error(ws: ClientConnection, code: str) -> None:
