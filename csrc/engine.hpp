@@ -335,7 +335,7 @@ class Engine {
       // Quadratic branch (psi clamped so the unused lanes stay finite).
       const double pq = psi < 1.5 ? psi : 1.5;
       const double ti = 2.0 / pq;
-      const double b2 = ti - 1.0 + std::sqrt(ti) * std::sqrt(ti - 1.0);
+      const double b2 = ti - 1.0 + std::sqrt(ti * (ti - 1.0));  // one root: ti >= 4/3, no cancellation
       const double a = mm / (1.0 + b2);
       const double sb = std::sqrt(b2) + zv;
       const double vq = a * sb * sb;
