@@ -15,6 +15,8 @@ from collections.abc import Coroutine
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+import orjson
+
 from marketfeed.backends import make_bus, make_history, make_quote_cache
 from marketfeed.config import Settings
 from marketfeed.engine import Simulator, SimulatorState, Universe
@@ -141,6 +143,7 @@ class Runtime:
         record = {**scenario.to_dict(), "at_step": self.market.next_step, "ts": time.time_ns()}
         self._scenarios.append(scenario)
         self.scenario_log.append(record)
+        self.hub.announce(orjson.dumps(record))
         return record
 
     async def _engine_loop(self, market: Market) -> None:

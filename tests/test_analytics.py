@@ -3,17 +3,20 @@ and their REST endpoints on a real server."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import subprocess
 import sys
 import time
 import warnings
 from pathlib import Path
+from typing import Any
 
 import httpx
 import numpy as np
 import pytest
 from serverproc import ServerFactory, ServerProcess
+from websockets.asyncio.client import connect
 
 from marketfeed import analytics
 from marketfeed.engine import Asset, Scheme, Simulator, Universe
@@ -136,3 +139,24 @@ def test_scenarios_move_the_market_and_need_the_admin_key(server_factory: Server
     assert "factor" in bad.json()["detail"]
     log = httpx.get(server.url + "/admin/scenarios", headers=admin).json()["scenarios"]
     assert [s["kind"] for s in log] == ["crash", "vol_spike"]
+
+
+def test_scenarios_are_announced_on_both_streams(server: ServerProcess) -> None:
+    async def scenario() -> tuple[dict[str, Any], str]:
+        async with connect(server.ws_url) as ws:
+            await ws.send(json.dumps({"action": "subscribe", "symbols": ["NOVA"]}))
+            with httpx.stream("GET", server.url + "/stream/sse?symbols=NOVA", timeout=10) as sse:
+                lines = sse.iter_lines()
+                next(lines)  # the stream is open before the scenario is posted
+                body = {"kind": "vol_spike", "multiplier": 2.0}
+                await asyncio.to_thread(httpx.post, server.url + "/admin/scenario", json=body)
+                sse_event = next(line for line in lines if line.startswith("event: scenario"))
+            while True:
+                message = json.loads(await asyncio.wait_for(ws.recv(), 5))
+                if message["type"] == "scenario":
+                    return message, sse_event
+
+    message, sse_event = asyncio.run(scenario())
+    assert message["data"]["kind"] == "vol_spike"
+    assert message["data"]["multiplier"] == 2.0
+    assert sse_event == "event: scenario"

@@ -34,6 +34,7 @@ class Subscriber:
         self.conflated_ticks = 0  #: ticks this client never got because it was too slow
         self.closed_reason: str | None = None
         self.closed = asyncio.Event()
+        self.notices: list[bytes] = []  #: market events (scenarios) as JSON, sent before the next ticks
 
     def offer(self, batch: TickBatch) -> None:
         if self.closed_reason is not None:
@@ -59,7 +60,7 @@ class Subscriber:
 
     async def get(self, idle_seconds: float | None = None) -> list[TickBatch]:
         """Everything queued, waiting up to `idle_seconds` for something; [] on timeout or close."""
-        if not self._queue and self.closed_reason is None:
+        if not self._queue and not self.notices and self.closed_reason is None:
             self._ready.clear()
             try:
                 await asyncio.wait_for(self._ready.wait(), idle_seconds)
@@ -84,6 +85,15 @@ class Subscriber:
             self._hub.unsubscribe(self)
             self._ready.set()
             self.closed.set()
+
+    def notify(self, notice: bytes) -> None:
+        if self.closed_reason is None and len(self.notices) < 100:
+            self.notices.append(notice)
+            self._ready.set()
+
+    def take_notices(self) -> list[bytes]:
+        notices, self.notices = self.notices, []
+        return notices
 
     def set_symbols(self, symbols: SymbolSet) -> None:
         self._hub.retarget(self, symbols)
@@ -125,6 +135,11 @@ class Hub:
             sub.offer(batch)
             if sub.closed_reason is not None and sub.closed_reason.startswith("slow"):
                 self.slow_disconnects += 1
+
+    def announce(self, notice: bytes) -> None:
+        """A market event (a scenario) for every client, ahead of the ticks it affects."""
+        for sub in list(self._subscribers):
+            sub.notify(notice)
 
     @property
     def last_gseq(self) -> int:

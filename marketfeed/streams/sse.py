@@ -112,8 +112,12 @@ class EventStream(Response):
             if sub.closed_reason is not None:
                 await write(b"event: close\ndata: %s\n\n" % sub.closed_reason.encode())
                 return
+            notices = sub.take_notices()
+            if notices:
+                await write(b"".join(b"event: scenario\ndata: %s\n\n" % n for n in notices))
             if not batches:
-                await write(b": ping\n\n")
+                if not notices:
+                    await write(b": ping\n\n")
                 continue
             chunk = b"".join(b.sse_chunk(sub.symbols, last) for b in batches)
             last = max(last, batches[-1].last_gseq)

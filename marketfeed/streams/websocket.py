@@ -13,6 +13,7 @@ Server -> client:
       (a replay covers from_seq up to the newest tick published when it began; live frames go on
       independently, so a client merges by gseq)
     {"type": "pong", "ts": ns}
+    {"type": "scenario", "data": {...}}        a scenario injected into the market (admin endpoints)
     {"type": "error", "code": "...", "message": "..."}   and the connection goes on
 
 A client that falls too far behind is closed with code 1008 and the reason; at shutdown, 1001.
@@ -127,6 +128,8 @@ class Session:
             if self.sub.closed_reason is not None:
                 return
             async with self.lock:
+                for notice in self.sub.take_notices():
+                    await self.ws.send_text('{"type":"scenario","data":' + notice.decode() + "}")
                 for b in batches:
                     frame = b.ws_frame(symbols)
                     if frame is not None:
