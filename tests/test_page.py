@@ -109,6 +109,19 @@ def test_page_reconnects_after_a_restart_without_a_gap(server: ServerProcess, br
     assert all("ERR_CONNECTION_REFUSED" in e or "Failed to load resource" in e for e in w.errors), w.errors
 
 
+def test_analytics_panel_runs_a_strategy_and_the_filter(server: ServerProcess, browser: Browser) -> None:
+    w = Watched(browser)
+    w.page.goto(server.url + "/")
+    w.wait_for("body", "data-last-gseq", 20 * 20 * 4)  # four seconds of market: enough 1 s candles
+    with w.page.expect_response(lambda r: "/analytics/volatility" in r.url) as vol:
+        w.page.click("#run-analytics")
+    assert vol.value.status == 200
+    w.page.wait_for_selector("#filter-stats:not([data-rmse-filter=''])")
+    assert float(w.page.get_attribute("#filter-stats", "data-rmse-filter") or "nan") > 0
+    assert "Sharpe" in (w.page.text_content("#strategy-stats") or "")
+    assert w.errors == []
+
+
 def test_models_page_renders_equations_and_live_parameters(server: ServerProcess, browser: Browser) -> None:
     w = Watched(browser)
     w.page.goto(server.url + "/models.html")

@@ -1,4 +1,5 @@
 // The live page: symbols from /symbols, one SSE stream, charts and the table updated once per frame.
+import { AnalyticsPanel } from "./analytics.js";
 import { CandleChart, PriceChart, VolChart } from "./charts.js";
 import { QuotesTable } from "./quotes.js";
 import { TickStream } from "./stream.js";
@@ -38,6 +39,8 @@ async function main() {
     candles.load(focus.value, interval);
   };
   focus.addEventListener("change", reload);
+  const analytics = new AnalyticsPanel();
+  document.getElementById("run-analytics").addEventListener("click", () => analytics.run(focus.value));
   buttons.forEach((b) => b.addEventListener("click", () => {
     interval = b.dataset.interval;
     buttons.forEach((x) => x.setAttribute("aria-pressed", String(x === b)));
