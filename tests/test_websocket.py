@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from typing import Any
 
+import pytest
 from serverproc import ServerProcess
 from websockets.asyncio.client import ClientConnection, connect
 
@@ -22,7 +24,7 @@ async def recv_type(ws: ClientConnection, kind: str, seconds: float = 5.0) -> di
         message = await recv(ws, seconds)
         if message["type"] == kind:
             return message
-        assert message["type"] in ("ticks", "subscribed", "snapshot"), message
+        assert message["type"] in ("ticks", "subscribed", "snapshot", "replay"), message
 
 
 def test_subscribe_snapshot_ticks_unsubscribe(server: ServerProcess) -> None:
@@ -96,5 +98,41 @@ def test_replay_fills_a_gap_from_the_ring_and_history(server: ServerProcess) -> 
             assert seqs[0] == 1
             assert seqs == list(range(1, len(seqs) + 1))
             assert all(t["symbol"] == "AERO" for t in replayed)
+
+    asyncio.run(scenario())
+
+
+def test_replay_a_stored_range_with_pause_and_resume(server: ServerProcess) -> None:
+    import httpx
+
+    time.sleep(2.0)
+    stored = httpx.get(server.url + "/history/ticks", params={"symbol": "MEDI", "limit": 20}).json()["ticks"]
+
+    async def scenario() -> None:
+        async with connect(server.ws_url) as ws:
+            await ws.send(
+                json.dumps(
+                    {"action": "replay_range", "symbols": ["MEDI"], "start": stored[0]["time"],
+                     "end": stored[-1]["time"], "speed": 1}
+                )
+            )  # fmt: skip
+            first = await recv(ws)
+            assert first["type"] == "replay"
+            await ws.send(json.dumps({"action": "pause"}))
+            assert (await recv_type(ws, "replay_paused"))["type"] == "replay_paused"
+            with pytest.raises(TimeoutError):  # paused: nothing comes
+                await asyncio.wait_for(ws.recv(), 0.6)
+            await ws.send(json.dumps({"action": "resume"}))
+            got = list(first["data"])
+            while True:
+                message = await recv(ws, 10)
+                if message["type"] == "replay":
+                    got.extend(message["data"])
+                elif message["type"] == "replay_end":
+                    assert message["ticks"] == len(got)
+                    break
+            assert got == stored[:-1]  # [start, end): the live schema, in order
+            await ws.send(json.dumps({"action": "pause"}))
+            assert (await recv(ws))["code"] == "no_replay"
 
     asyncio.run(scenario())

@@ -5,11 +5,15 @@ Client -> server (JSON text frames):
     {"action": "unsubscribe", "symbols": ["QBIT"]}
     {"action": "ping"}
     {"action": "replay", "from_seq": 12345}                  (every tick with gseq >= from_seq)
+    {"action": "replay_range", "start": "2026-11-25T10:00:00Z", "end": ..., "speed": 10}
+    {"action": "pause"} / {"action": "resume"} / {"action": "stop"}   (for a range replay)
 Server -> client:
     {"type": "subscribed", "symbols": [...]}  then  {"type": "snapshot", "data": [tick, ...]}
     {"type": "unsubscribed", "symbols": [...]}
     {"type": "ticks", "data": [tick, ...]}     one frame per engine step
     {"type": "replay", "data": [...]} ...      then {"type": "replay_end", "last_gseq": N}
+      (a range replay: one frame per stored step at `speed` times real time, then replay_end;
+      pause/resume/stop are acknowledged with replay_paused/replay_resumed/replay_stopped)
       (a replay covers from_seq up to the newest tick published when it began; live frames go on
       independently, so a client merges by gseq)
     {"type": "pong", "ts": ns}
@@ -25,9 +29,11 @@ import asyncio
 import contextlib
 import time
 from collections.abc import Sequence
+from datetime import UTC, datetime
 from typing import Any
 
 import orjson
+from pydantic import TypeAdapter, ValidationError
 from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 
 from marketfeed.history.store import HistoryStore
@@ -82,6 +88,8 @@ class Session:
         self.shutdown = shutdown
         self.sub: Subscriber = hub.subscribe(frozenset())
         self.bucket = TokenBucket(max_rate, 5 * max_rate)
+        self.range_task: asyncio.Task[None] | None = None
+        self.range_running = asyncio.Event()
         self.refusals = 0
         # Snapshots, acks and tick frames must not interleave: a new symbol's snapshot goes out before
         # any of its live ticks.
@@ -98,6 +106,8 @@ class Session:
             await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
         finally:
             self.hub.unsubscribe(self.sub)
+            if self.range_task is not None:
+                tasks.append(self.range_task)
             for t in tasks:
                 t.cancel()
             for t in tasks:
@@ -173,10 +183,15 @@ class Session:
             await self._unsubscribe(self._symbols(msg))
         elif action == "replay":
             await self._replay(msg)
+        elif action == "replay_range":
+            self._start_range(msg)
+        elif action in ("pause", "resume", "stop"):
+            await self._control_range(action)
         else:
             raise ProtocolError(
                 "unknown_action",
-                f"unknown action {action!r}: use subscribe, unsubscribe, ping or replay",
+                f"unknown action {action!r}: use subscribe, unsubscribe, ping, replay, replay_range, pause, "
+                "resume or stop",
             )
 
     def _symbols(self, msg: dict[str, Any]) -> frozenset[str]:
@@ -211,6 +226,66 @@ class Session:
             self.sub.set_symbols(target)
             await self._send({"type": "unsubscribed", "symbols": sorted(target)})
 
+    # --- replaying a stored time range at N times real time, with pause and resume ------------------
+    def _start_range(self, msg: dict[str, Any]) -> None:
+        if self.range_task is not None and not self.range_task.done():
+            raise ProtocolError("replay_busy", "a range replay is running: stop it first")
+        try:
+            start = to_ns(_TIME.validate_python(msg.get("start")))
+            end = to_ns(_TIME.validate_python(msg["end"])) if msg.get("end") is not None else None
+        except (ValidationError, KeyError, OverflowError, ValueError):
+            raise ProtocolError(
+                "bad_range", '"start" (and "end") must be ISO 8601 times or Unix seconds'
+            ) from None
+        speed = msg.get("speed", 1.0)
+        if isinstance(speed, bool) or not isinstance(speed, int | float) or not 0 <= speed <= 10_000:
+            raise ProtocolError("bad_speed", '"speed" must be a number from 0 (as fast as possible) to 10000')
+        symbols = self._symbols(msg) if "symbols" in msg else None
+        self.range_running.set()
+        self.range_task = asyncio.create_task(self._run_range(start, end, float(speed), symbols))
+
+    async def _control_range(self, action: str) -> None:
+        if self.range_task is None or self.range_task.done():
+            raise ProtocolError("no_replay", f"nothing to {action}: start one with replay_range")
+        if action == "pause":
+            self.range_running.clear()
+        elif action == "resume":
+            self.range_running.set()
+        else:
+            self.range_task.cancel()
+        async with self.lock:
+            await self._send({"type": f"replay_{action}d" if action != "stop" else "replay_stopped"})
+
+    async def _run_range(
+        self, start: int, end: int | None, speed: float, symbols: frozenset[str] | None
+    ) -> None:
+        after, previous, sent = 0, None, 0
+        while True:
+            page = await self.history.ticks(
+                symbols=symbols, start_ns=start, end_ns=end, after_gseq=after, limit=5000
+            )
+            i = 0
+            while i < len(page):
+                j = i
+                while j < len(page) and page[j].ts == page[i].ts:  # one engine step: one frame
+                    j += 1
+                if speed > 0 and previous is not None:
+                    await asyncio.sleep(min((page[i].ts - previous) / 1e9 / speed, 60.0))
+                previous = page[i].ts
+                while True:  # a pause acknowledged before this frame holds it back
+                    await self.range_running.wait()
+                    async with self.lock:
+                        if self.range_running.is_set():
+                            await self.ws.send_text(_ticks_frame("replay", page[i:j]))
+                            break
+                sent += j - i
+                i = j
+            if len(page) < 5000:
+                break
+            after = page[-1].gseq
+        async with self.lock:
+            await self._send({"type": "replay_end", "ticks": sent})
+
     async def _replay(self, msg: dict[str, Any]) -> None:
         start = msg.get("from_seq")
         if isinstance(start, bool) or not isinstance(start, int) or start < 1:
@@ -228,6 +303,16 @@ class Session:
                     await self.ws.send_text(_ticks_frame("replay", ticks))
                 last = max(last, batch.last_gseq)
             await self._send({"type": "replay_end", "last_gseq": last})
+
+
+_TIME = TypeAdapter(datetime)
+
+
+def to_ns(value: datetime) -> int:
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=UTC)
+    delta = value - datetime(1970, 1, 1, tzinfo=UTC)
+    return (delta.days * 86_400 + delta.seconds) * 1_000_000_000 + delta.microseconds * 1000
 
 
 def _parse(text: str) -> dict[str, Any]:
