@@ -7,6 +7,7 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
 import asyncpg
 import pytest
@@ -14,7 +15,15 @@ from services import Postgres
 
 from marketfeed.health import Status
 from marketfeed.history.candles import Interval
-from marketfeed.history.postgres import DAY_NS, PostgresHistory, migrations_dir, plan
+from marketfeed.history.postgres import (
+    DAY_NS,
+    PostgresHistory,
+    choose_timescale,
+    migrations_dir,
+    partition_day,
+    partition_name,
+    plan,
+)
 from marketfeed.history.sqlite import SQLiteHistory
 from marketfeed.ticks import Tick, TickBatch
 
@@ -44,9 +53,11 @@ def run(
     body: Callable[[PostgresHistory], Awaitable[None]],
     max_backlog_rows: int = 10**6,
     spill_path: Path | None = None,
+    **options: Any,
 ) -> None:
     async def scenario() -> None:
-        store = PostgresHistory(dsn, flush_ms=50, max_backlog_rows=max_backlog_rows, spill_path=spill_path)
+        settings: dict[str, Any] = {"flush_ms": 50, **options}
+        store = PostgresHistory(dsn, max_backlog_rows=max_backlog_rows, spill_path=spill_path, **settings)
         await store.start()
         try:
             await body(store)
@@ -142,6 +153,8 @@ def test_migrations_are_idempotent_and_partitions_are_made_ahead(dsn: str) -> No
         store.write(batch(0, ts=DAY_NS))  # 1970-01-02: no partition, the writer makes one
         await store.flush()
         assert await count(dsn, "SELECT count(*) FROM ticks_19700102") == 3
+        ahead = "SELECT count(*) FROM pg_class WHERE relname IN ('ticks_19700103', 'ticks_19700104')"
+        assert await count(dsn, ahead) == 2  # and keeps two days ahead of the newest tick
 
     run(dsn, far_past)
 
@@ -226,3 +239,126 @@ def test_migration_plan_per_flavour() -> None:
         "0002_candles_1m.timescale.sql",
         "0003_symbol_time_index.timescale.sql",
     ]
+
+
+@pytest.mark.integration
+def test_the_default_partition_catches_a_day_without_one_and_never_blocks_it(dsn: str) -> None:
+    day = 5 * DAY_NS  # 1970-01-06: no partition yet
+
+    async def body(store: PostgresHistory) -> None:
+        conn = await asyncpg.connect(dsn)
+        try:
+            # Another writer (or a partition dropped by hand): the insert lands in the default partition.
+            await conn.execute("INSERT INTO ticks VALUES (1000, 'AAA', 1, $1, 100, 99, 101, 1, 0.2)", day)
+            assert await count(dsn, "SELECT count(*) FROM ticks_default") == 1
+        finally:
+            await conn.close()
+        # The store now writes that day: it needs the day's partition, which PostgreSQL refuses to create
+        # while the default partition holds rows of its range; the row is moved into it instead.
+        store.write(batch(1000, ts=day + 10**9))
+        await store.flush()
+        assert store.health().status is Status.OK
+        assert await count(dsn, "SELECT count(*) FROM ticks_default") == 0
+        assert await count(dsn, "SELECT count(*) FROM ticks_19700106") == 4
+        stored = await store.ticks(symbols=frozenset({"AAA"}), start_ns=day, end_ns=day + DAY_NS)
+        assert [t.gseq for t in stored] == [1000, 3001]
+
+    run(dsn, body)
+
+
+@pytest.mark.integration
+def test_close_flushes_everything_pending(dsn: str) -> None:
+    async def body(store: PostgresHistory) -> None:
+        for step in range(25):
+            store.write(batch(step), state=f"state-{step}")
+        assert store.metrics()["history_backlog_rows"] == 75  # the timer is far off: nothing written yet
+
+    run(dsn, body, flush_ms=60_000)
+
+    async def reopened(store: PostgresHistory) -> None:
+        assert [t.gseq for t in await store.ticks(symbols=None)] == list(range(1, 76))
+        assert await store.load_state() == "state-24"
+
+    run(dsn, reopened)
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("spill", [False, True], ids=["drop", "spill"])
+def test_close_with_the_database_down_loses_nothing_silently(
+    dsn: str, postgres: Postgres, tmp_path: Path, spill: bool
+) -> None:
+    spill_path = tmp_path / "spill.jsonl" if spill else None
+
+    async def scenario() -> None:
+        store = PostgresHistory(dsn, flush_ms=60_000, spill_path=spill_path, close_timeout_s=0.5)
+        await store.start()
+        postgres.stop()
+        try:
+            for step in range(10):
+                store.write(batch(step))
+            await store.close()
+        finally:
+            postgres.start()
+        metrics = store.metrics()
+        assert metrics["history_backlog_rows"] == 0
+        if spill_path is None:
+            assert metrics["history_rows_dropped_total"] == 30
+            return
+        assert metrics["history_rows_dropped_total"] == 0
+        assert metrics["history_rows_spilled_total"] == 30
+        again = PostgresHistory(dsn, spill_path=spill_path)  # the next start writes the spill first
+        await again.start()
+        try:
+            await again.flush()
+            assert [t.gseq for t in await again.ticks(symbols=None)] == list(range(1, 31))
+            assert not spill_path.exists()
+        finally:
+            await again.close()
+
+    asyncio.run(scenario())
+
+
+@pytest.mark.integration
+def test_retention_drops_old_partitions_and_old_default_rows(dsn: str) -> None:
+    async def old_ticks(store: PostgresHistory) -> None:
+        store.write(batch(0, ts=DAY_NS))  # 1970-01-02, in its own partition
+        store.write(batch(1))  # recent
+        await store.flush()
+        conn = await asyncpg.connect(dsn)
+        try:
+            await conn.execute(
+                "INSERT INTO ticks VALUES (999, 'AAA', 1, $1, 100, 99, 101, 1, 0.2)", 9 * DAY_NS
+            )
+        finally:
+            await conn.close()
+
+    run(dsn, old_ticks)
+
+    async def with_retention(store: PostgresHistory) -> None:
+        assert await count(dsn, "SELECT count(*) FROM pg_class WHERE relname = 'ticks_19700102'") == 0
+        assert await count(dsn, "SELECT count(*) FROM ticks_default") == 0
+        assert [t.gseq for t in await store.ticks(symbols=None)] == [4, 5, 6]  # the recent ones stay
+
+    run(dsn, with_retention, retention_days=30)
+
+
+def test_partition_names_are_utc_days() -> None:
+    for day in (0, 1, 19_000, 20_000):
+        assert partition_day(partition_name(day)) == day
+    assert partition_name(19_000) == "ticks_20220108"
+    assert partition_day("ticks_default") is None
+
+
+def test_a_database_keeps_the_flavour_it_was_made_with() -> None:
+    fresh: list[str] = []
+    assert choose_timescale(applied=fresh, available=True, installed=False, preloaded=True)
+    assert choose_timescale(applied=fresh, available=True, installed=True, preloaded=False)
+    # Available but not preloaded: CREATE EXTENSION would be a FATAL error, so plain PostgreSQL.
+    assert not choose_timescale(applied=fresh, available=True, installed=False, preloaded=False)
+    assert not choose_timescale(applied=fresh, available=False, installed=False, preloaded=False)
+    plain = ["0001_schema.postgres.sql"]
+    assert not choose_timescale(applied=plain, available=True, installed=True, preloaded=True)
+    timescale = ["0001_schema.timescale.sql", "0002_candles_1m.timescale.sql"]
+    assert choose_timescale(applied=timescale, available=False, installed=False, preloaded=False)
+    with pytest.raises(RuntimeError, match="mixes flavours"):
+        choose_timescale(applied=plain + timescale, available=True, installed=True, preloaded=True)

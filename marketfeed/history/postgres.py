@@ -1,19 +1,24 @@
 """History in PostgreSQL, or TimescaleDB when its extension is available (asyncpg).
 
 Start-up applies the versioned migrations in db/migrations idempotently (under an advisory lock, so
-processes starting together do not race): `NNNN_name.timescale.sql` when the extension is available,
-`NNNN_name.postgres.sql` otherwise, `NNNN_name.sql` for both. A background writer batches ticks and
-writes them with binary COPY into a staging table, then inserts what is not there yet (by gseq) and
-the engine state, in one transaction. If the database is down it retries with capped exponential
-backoff, keeping a bounded backlog; rows beyond the bound are counted and logged as dropped.
+processes starting together do not race): `NNNN_name.timescale.sql` when the extension is usable,
+`NNNN_name.postgres.sql` otherwise, `NNNN_name.sql` for both. A database keeps the flavour its first
+migration chose. A background writer batches ticks and writes them with binary COPY, with the engine
+state, in one transaction: straight into `ticks` when every gseq is newer than the newest stored one,
+otherwise through a staging table and an insert of what is not there yet (by gseq). If the database
+is down it retries with capped exponential backoff, keeping a bounded backlog; rows beyond the bound
+go to a spill file when one is configured, else they are counted and logged as dropped.
 """
 
 from __future__ import annotations
 
 import asyncio
+import calendar
 import contextlib
 import logging
+import re
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -39,6 +44,8 @@ def migrations_dir() -> Path:
 COLUMNS = ("gseq", "symbol", "seq", "ts", "price", "bid", "ask", "size", "vol")
 DAY_NS = 86_400 * 1_000_000_000
 MIGRATION_LOCK = 0x6D66_6462  # "mfdb": any constant shared by every marketfeed process
+PARTITION_LOCK = 0x6D66_7074  # "mfpt": partition DDL, taken by start-up and by the writer
+DROP_LOG_EVERY_S = 10.0  # an outage drops a batch per engine step: summarise instead of one line each
 
 Record = tuple[int, str, int, int, float, float, float, int, float]
 Conn = asyncpg.Connection | asyncpg.pool.PoolConnectionProxy
@@ -85,6 +92,33 @@ def plan(directory: Path, *, timescale: bool) -> list[Migration]:
     return [chosen[v] for v in sorted(chosen)]
 
 
+def choose_timescale(*, applied: Iterable[str], available: bool, installed: bool, preloaded: bool) -> bool:
+    """Whether a database gets (or has) the TimescaleDB schema.
+
+    Once a migration is recorded the flavour is fixed: a plain database whose server later gains the
+    extension must not start applying TimescaleDB migrations to tables that are not hypertables. A
+    fresh database uses TimescaleDB when it is installed, or available and preloaded (CREATE EXTENSION
+    of a library that is not in shared_preload_libraries is a FATAL error that drops the connection).
+    """
+    flavours = {name.split(".")[1] for name in applied if name.count(".") == 2}
+    if len(flavours) > 1:
+        raise RuntimeError(f"schema_migrations mixes flavours {sorted(flavours)}: fix it by hand")
+    if flavours:
+        return flavours == {"timescale"}
+    return installed or (available and preloaded)
+
+
+def partition_name(day: int) -> str:
+    """The partition of one UTC day (days since the epoch): ticks_YYYYMMDD."""
+    return "ticks_" + time.strftime("%Y%m%d", time.gmtime(day * 86_400))
+
+
+def partition_day(name: str) -> int | None:
+    """The UTC day a partition name stands for; None for ticks_default or anything else."""
+    m = re.fullmatch(r"ticks_(\d{8})", name)
+    return calendar.timegm(time.strptime(m[1], "%Y%m%d")) // 86_400 if m else None
+
+
 def tick_record(t: Tick) -> Record:
     return (t.gseq, t.symbol, t.seq, t.ts, t.price, t.bid, t.ask, t.size, t.vol)
 
@@ -110,6 +144,7 @@ class PostgresHistory:
         retention_days: int | None = None,
         migrations: Path | None = None,
         spill_path: Path | None = None,
+        close_timeout_s: float = 30.0,
     ) -> None:
         self.dsn = dsn
         self._flush_s = flush_ms / 1000
@@ -121,6 +156,7 @@ class PostgresHistory:
         self._pool: asyncpg.Pool | None = None
         self._pending: list[TickBatch] = []
         self._pending_rows = 0
+        self._inflight_rows = 0
         self._state: str | None = None
         self._wake: asyncio.Event | None = None
         self._task: asyncio.Task[None] | None = None
@@ -135,6 +171,9 @@ class PostgresHistory:
         self._spill_path = spill_path
         self._spill_file: BinaryIO | None = None
         self._spill_rows = 0
+        self._close_timeout = close_timeout_s
+        self._drops_logged = 0  # rows_dropped at the last log line
+        self._drop_logged_at = 0.0
         self.flushes = 0
         self.write_errors = 0
         self.write_lag_s = 0.0
@@ -147,36 +186,63 @@ class PostgresHistory:
         return self._pool
 
     async def start(self) -> None:
-        self._pool = await asyncpg.create_pool(self.dsn, min_size=1, max_size=4, command_timeout=60)
-        async with self.pool.acquire() as conn:
-            await conn.execute("SELECT pg_advisory_lock($1)", MIGRATION_LOCK)
-            try:
-                await self._migrate(conn)
-                if not self.timescale:
-                    today = time.time_ns() // DAY_NS
-                    await self._ensure_partitions(conn, range(today - 1, today + 1 + self._ahead))
-                    await self._apply_retention(conn)
-            finally:
-                await conn.execute("SELECT pg_advisory_unlock($1)", MIGRATION_LOCK)
-        self._max_gseq = int(await self.pool.fetchval("SELECT coalesce(max(gseq), 0) FROM ticks"))
+        # A short connect timeout: an unreachable host (not a refused port) shows as degraded in
+        # seconds, not after the 60 s default.
+        self._pool = await asyncpg.create_pool(
+            self.dsn, min_size=1, max_size=4, command_timeout=60, timeout=10
+        )
+        try:
+            async with self.pool.acquire() as conn:
+                await conn.execute("SELECT pg_advisory_lock($1)", MIGRATION_LOCK)
+                try:
+                    await self._migrate(conn)
+                    if not self.timescale:
+                        today = time.time_ns() // DAY_NS
+                        await self._ensure_partitions(conn, range(today - 1, today + 1 + self._ahead))
+                        await self._apply_retention(conn)
+                finally:
+                    await conn.execute("SELECT pg_advisory_unlock($1)", MIGRATION_LOCK)
+            self._max_gseq = int(await self.pool.fetchval("SELECT coalesce(max(gseq), 0) FROM ticks"))
+        except BaseException:
+            self._pool.terminate()  # a failed start must not leave connections behind
+            self._pool = None
+            raise
         self._wake = asyncio.Event()
         self._task = asyncio.create_task(self._run(), name="postgres-writer")
 
     async def _migrate(self, conn: Conn) -> None:
         """Apply what is missing; the caller holds the migration lock."""
-        available = await conn.fetchval(
-            "SELECT count(*) FROM pg_available_extensions WHERE name = 'timescaledb'"
-        )
-        if available:
-            await conn.execute("CREATE EXTENSION IF NOT EXISTS timescaledb")
-        self.timescale = bool(available)
         await conn.execute(
             "CREATE TABLE IF NOT EXISTS schema_migrations (version integer PRIMARY KEY,"
             " name text NOT NULL, applied timestamptz NOT NULL DEFAULT now())"
         )
-        done = {r["version"] for r in await conn.fetch("SELECT version FROM schema_migrations")}
+        applied = {
+            r["version"]: r["name"] for r in await conn.fetch("SELECT version, name FROM schema_migrations")
+        }
+        ext = await conn.fetchrow(
+            "SELECT EXISTS (SELECT 1 FROM pg_available_extensions WHERE name = 'timescaledb') AS available,"
+            " EXISTS (SELECT 1 FROM pg_extension WHERE extname = 'timescaledb') AS installed,"
+            " current_setting('shared_preload_libraries') ~ 'timescaledb' AS preloaded"
+        )
+        if ext is None:
+            raise RuntimeError("could not read the server's extensions")
+        self.timescale = choose_timescale(
+            applied=applied.values(),
+            available=ext["available"],
+            installed=ext["installed"],
+            preloaded=ext["preloaded"],
+        )
+        if self.timescale and not (ext["available"] or ext["installed"]):
+            raise RuntimeError("this database was set up with TimescaleDB, which this server does not have")
+        if not self.timescale and ext["available"] and not applied:
+            log.warning(
+                "timescaledb is installed on the server but not in shared_preload_libraries: "
+                "using plain PostgreSQL partitions for this database (the choice is permanent)"
+            )
+        if self.timescale:
+            await conn.execute("CREATE EXTENSION IF NOT EXISTS timescaledb")
         for m in plan(self._migrations, timescale=self.timescale):
-            if m.version in done:
+            if m.version in applied:
                 continue
             async with conn.transaction():
                 await conn.execute(m.path.read_text())
@@ -184,39 +250,76 @@ class PostgresHistory:
                     "INSERT INTO schema_migrations (version, name) VALUES ($1, $2)", m.version, m.name
                 )
             log.info("applied migration %s", m.name)
-        if self.timescale and self._retention_days:
-            await conn.execute(
-                "SELECT add_retention_policy('ticks', drop_after => $1::bigint, if_not_exists => TRUE)",
-                self._retention_days * DAY_NS,
-            )
+        if self.timescale:
+            await self._timescale_retention(conn)
 
-    async def _ensure_partitions(self, conn: Conn, days: range) -> None:
-        for day in days:
-            if day in self._partitions:
-                continue
-            stamp = time.strftime("%Y%m%d", time.gmtime(day * 86_400))
-            # Bounds are computed here from integers, never from input: safe to format into DDL.
-            # IF NOT EXISTS is not safe against a concurrent creator: the other one may win.
-            with contextlib.suppress(asyncpg.DuplicateTableError):
-                await conn.execute(
-                    f"CREATE TABLE IF NOT EXISTS ticks_{stamp} PARTITION OF ticks "
-                    f"FOR VALUES FROM ({day * DAY_NS}) TO ({(day + 1) * DAY_NS})"
-                )
+    async def _timescale_retention(self, conn: Conn) -> None:
+        """Make the hypertable's one retention policy match the setting (none when unset: keep all)."""
+        current = await conn.fetchval(
+            "SELECT (config->>'drop_after')::bigint FROM timescaledb_information.jobs"
+            " WHERE proc_name = 'policy_retention' AND hypertable_name = 'ticks'"
+        )
+        wanted = self._retention_days * DAY_NS if self._retention_days else None
+        if current == wanted:
+            return
+        # add_retention_policy(if_not_exists) keeps an old policy with another drop_after: replace it.
+        await conn.execute("SELECT remove_retention_policy('ticks', if_exists => TRUE)")
+        if wanted is not None:
+            await conn.execute("SELECT add_retention_policy('ticks', drop_after => $1::bigint)", wanted)
+        log.info("TimescaleDB retention: %s", f"{self._retention_days} days" if wanted else "keep all")
+
+    async def _ensure_partitions(self, conn: Conn, days: Iterable[int]) -> None:
+        missing = sorted(set(days) - self._partitions)
+        for day in missing:
+            await self._create_partition(conn, day)
             self._partitions.add(day)
+        if missing:
+            # New partitions appear once a day as time moves on: the moment to drop the old ones too.
+            await self._apply_retention(conn)
+
+    async def _create_partition(self, conn: Conn, day: int) -> None:
+        # Names and bounds are computed here from integers, never from input: safe to format into DDL.
+        name, lo, hi = partition_name(day), day * DAY_NS, (day + 1) * DAY_NS
+        async with conn.transaction():
+            # One creator at a time across processes: two concurrent CREATE TABLE IF NOT EXISTS of one
+            # name can still fail (on pg_type's unique index).
+            await conn.execute("SELECT pg_advisory_xact_lock($1)", PARTITION_LOCK)
+            if await conn.fetchval("SELECT to_regclass($1) IS NOT NULL", name):
+                return
+            stranded = await conn.fetchval(
+                "SELECT EXISTS (SELECT 1 FROM ticks_default WHERE ts >= $1 AND ts < $2)", lo, hi
+            )
+            if not stranded:
+                await conn.execute(f"CREATE TABLE {name} PARTITION OF ticks FOR VALUES FROM ({lo}) TO ({hi})")
+                return
+            # Rows of that day already sit in the DEFAULT partition, and PostgreSQL refuses a partition
+            # that would leave rows of its range there: without this the writer would fail forever.
+            # Move them into a new table and attach it, in one transaction.
+            await conn.execute(f"CREATE TABLE {name} (LIKE ticks INCLUDING DEFAULTS INCLUDING CONSTRAINTS)")
+            moved = await conn.execute(
+                f"WITH moved AS (DELETE FROM ticks_default WHERE ts >= {lo} AND ts < {hi} RETURNING *) "
+                f"INSERT INTO {name} SELECT * FROM moved"
+            )
+            await conn.execute(f"ALTER TABLE ticks ATTACH PARTITION {name} FOR VALUES FROM ({lo}) TO ({hi})")
+            log.warning("moved %s rows of %s out of the default partition", moved.split()[-1], name)
 
     async def _apply_retention(self, conn: Conn) -> None:
         if not self._retention_days:
             return
-        cutoff = time.time_ns() // DAY_NS - self._retention_days
-        rows = await conn.fetch(
-            "SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid"
-            " JOIN pg_class p ON p.oid = i.inhparent"
-            " WHERE p.relname = 'ticks' AND c.relname ~ '^ticks_[0-9]{8}$'"
-        )
-        for r in rows:
-            day = int(time.mktime(time.strptime(r["relname"][6:], "%Y%m%d")) - time.timezone) // 86_400
-            if day < cutoff:
-                await conn.execute(f'DROP TABLE IF EXISTS "{r["relname"]}"')
+        cutoff = time.time_ns() // DAY_NS - self._retention_days  # keep this many whole days and today
+        async with conn.transaction():
+            await conn.execute("SELECT pg_advisory_xact_lock($1)", PARTITION_LOCK)
+            rows = await conn.fetch(
+                "SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid"
+                " WHERE i.inhparent = 'ticks'::regclass"
+            )
+            for r in rows:
+                day = partition_day(r["relname"])
+                if day is not None and day < cutoff:
+                    await conn.execute(f'DROP TABLE IF EXISTS "{r["relname"]}"')
+                    self._partitions.discard(day)
+                    log.info("retention: dropped partition %s", r["relname"])
+            await conn.execute("DELETE FROM ticks_default WHERE ts < $1", cutoff * DAY_NS)
 
     async def close(self) -> None:
         if self._task is not None:
@@ -226,9 +329,16 @@ class PostgresHistory:
             self._task = None
         if self._pool is not None:
             try:
-                await asyncio.wait_for(self._flush_until_empty(), 30)
+                await asyncio.wait_for(self._flush_until_empty(), self._close_timeout)
             except DB_ERRORS as exc:
+                # Never lost silently: spilled for the next start, or counted and logged as dropped. The
+                # engine state that goes with them was not stored either, so a restarted engine resumes
+                # before them and generates them again.
                 log.error("could not flush %d pending rows at shutdown: %s", self._pending_rows, exc)
+                batches, self._pending, self._pending_rows = self._pending, [], 0
+                for b in batches:
+                    self._spill_or_drop(b)
+                self._log_drops(force=True)
             if self._spill_file is not None:
                 self._spill_file.close()  # what could not be written stays there for the next start
                 self._spill_file = None
@@ -263,8 +373,7 @@ class PostgresHistory:
         database is back); without a spill file they are counted and logged as dropped."""
         if self._spill_path is None:
             self.rows_dropped += len(batch)
-            log.error("history backlog over %d rows: dropped %d ticks of step %d", self._max_backlog,
-                      len(batch), batch.step)  # fmt: skip
+            self._log_drops()
             return
         if self._spill_file is None:
             self._spill_path.parent.mkdir(parents=True, exist_ok=True)
@@ -274,6 +383,16 @@ class PostgresHistory:
         self._spill_file.flush()
         self.rows_spilled += len(batch)
         self._spill_rows += len(batch)
+
+    def _log_drops(self, *, force: bool = False) -> None:
+        new = self.rows_dropped - self._drops_logged
+        now = time.monotonic()
+        if new and (force or now - self._drop_logged_at >= DROP_LOG_EVERY_S):
+            log.error(
+                "history backlog over %d rows and no spill file: dropped %d ticks (%d in all)",
+                self._max_backlog, new, self.rows_dropped,
+            )  # fmt: skip
+            self._drops_logged, self._drop_logged_at = self.rows_dropped, now
 
     async def _replay_spill(self) -> None:
         """Write the spilled ticks (older than anything pending) before the pending ones."""
@@ -309,6 +428,7 @@ class PostgresHistory:
                 if self._error is None:
                     log.warning("history database unavailable, retrying with backoff: %s", exc)
                 backoff = min(max(2 * backoff, 0.25), 5.0)
+            self._log_drops()  # a summary of what the outage dropped since the last line
 
     async def flush(self) -> None:
         async with self._flush_lock:
@@ -322,6 +442,8 @@ class PostgresHistory:
                 return
             batches, state = self._pending, self._state
             self._pending, self._pending_rows, self._state = [], 0, None
+            # Rows being written still count as backlog until their transaction commits.
+            self._inflight_rows = sum(len(b) for b in batches)
             # Only what is newer than the newest stored row, once per gseq: a re-delivered tick, or one
             # regenerated after a restart, keeps the original.
             unique: dict[int, Record] = {}
@@ -340,6 +462,8 @@ class PostgresHistory:
                 if self._state is None:
                     self._state = state
                 raise
+            finally:
+                self._inflight_rows = 0
             self._error = None
             self.rows_written += len(records)
             self._max_gseq = max([self._max_gseq, *(r[0] for r in records)])
@@ -353,8 +477,12 @@ class PostgresHistory:
         if not records and state is None:
             return
         async with self.pool.acquire() as conn:
-            if days and not self.timescale and not days <= self._partitions:
-                await self._ensure_partitions(conn, range(min(days), max(days) + 1 + self._ahead))
+            if days and not self.timescale:
+                # Every day with ticks, and `ahead` days past the newest, so the partition DDL (which
+                # locks the parent) happens days before the first tick of a day arrives.
+                needed = days | set(range(max(days) + 1, max(days) + 1 + self._ahead))
+                if not needed <= self._partitions:
+                    await self._ensure_partitions(conn, needed)
             if fast:
                 # Rows newer than anything stored: binary COPY straight into the table. Should a row be
                 # there after all (another writer), the transaction fails and the checked path runs.
@@ -471,7 +599,7 @@ class PostgresHistory:
             "history_spill_rows": self._spill_rows,
             "history_flushes_total": self.flushes,
             "history_write_errors_total": self.write_errors,
-            "history_backlog_rows": self._pending_rows,
+            "history_backlog_rows": self._pending_rows + self._inflight_rows,
             "history_backlog_limit_rows": self._max_backlog,
             "history_write_lag_seconds": self.write_lag_s,
         }
