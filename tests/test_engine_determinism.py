@@ -157,3 +157,14 @@ def test_a_state_is_refused_by_a_different_simulator() -> None:
         Simulator(seed=9, dt=DT).restore(saved)
     with pytest.raises(ValueError, match="invalid simulator state"):
         SimulatorState.from_json("{not json")
+
+
+def test_results_are_plain_numpy_arrays() -> None:
+    # The kernel writes straight into these: one float64 row per step, one column per asset.
+    paths = Simulator().paths(7)
+    for array in (paths.prices, paths.variances, paths.log_returns):
+        assert array.shape == (7, 20)
+        assert array.dtype == np.float64
+        assert array.flags.c_contiguous
+    step = Simulator().step(7)
+    assert step.prices.shape == step.variances.shape == step.log_returns.shape == (20,)
