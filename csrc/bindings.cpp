@@ -95,6 +95,10 @@ NB_MODULE(_engine, m) {
            }, "Return (step, log_prices, variances, factor_levels, regime).")
       .def("set_state", &mf::Engine::set_state, "step"_a, "log_prices"_a, "variances"_a, "factor_levels"_a,
            "regime"_a = 0, "Restore a state returned by state().")
+      .def("set_overlay", &mf::Engine::set_overlay, "var_scale"_a, "factor_chol"_a,
+           "Scenario overlay: prices see var_scale * v; factor shocks use factor_chol (K*K row-major "
+           "lower Cholesky factor) unless it is empty. (1.0, []) restores the model.")
+      .def_prop_ro("var_scale", &mf::Engine::var_scale)
       .def_prop_rw("threads", &mf::Engine::threads, &mf::Engine::set_threads)
       .def_prop_ro("n_assets", &mf::Engine::n_assets)
       .def_prop_ro("n_factors", &mf::Engine::n_factors)

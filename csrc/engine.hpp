@@ -86,6 +86,20 @@ class Engine {
   const std::vector<double>& variances() const { return v_; }
   const std::vector<double>& factor_levels() const { return factor_level_; }
   std::size_t regime() const { return regime_; }
+  double var_scale() const { return var_scale_; }
+
+  // A scenario overlay, applied from the next step on until changed: the prices see g * v_t instead
+  // of the model's variance v_t (the variance process itself runs on untouched, so removing the
+  // overlay returns to the same Heston path), and the factor shocks use `chol` (K x K, lower
+  // Cholesky factor of a correlation matrix) instead of the regime's. g = 1 and an empty chol turn
+  // the overlay off and restore the bit-exact model.
+  void set_overlay(double var_scale, const std::vector<double>& chol) {
+    if (!(var_scale >= 0.0) || !std::isfinite(var_scale)) throw std::invalid_argument("var_scale must be >= 0");
+    if (!chol.empty() && chol.size() != p_.n_factors * p_.n_factors)
+      throw std::invalid_argument("overlay chol must be n_factors x n_factors (or empty)");
+    var_scale_ = var_scale;
+    overlay_chol_ = chol;
+  }
 
   void set_state(std::uint64_t step, const std::vector<double>& x, const std::vector<double>& v,
                  const std::vector<double>& f, std::size_t regime) {
@@ -112,7 +126,7 @@ class Engine {
     for (std::size_t t = 0; t < n; ++t) {
       const std::uint64_t step = step_ + t;
       next_regime(step);
-      const double* chol = &p_.factor_chol[regime_ * K * K];
+      const double* chol = overlay_chol_.empty() ? &p_.factor_chol[regime_ * K * K] : overlay_chol_.data();
       const double scale = p_.regime_scale[regime_];
       for (std::size_t k = 0; k < K; ++k) {
         const U32x4 r = philox4x32_10({static_cast<std::uint32_t>(k), lo(step), hi(step), kFactorStream},
@@ -271,10 +285,12 @@ class Engine {
       // Small steps keep psi far below 1.5 for every asset: then only the quadratic branch is needed,
       // and the exponential branch's extra logarithm and normal tail are skipped for the whole block.
       // Quadratic lanes compute the same expression either way, so results do not depend on this.
-      if (qe_all_quadratic(b, m))
-        qe_block<true>(b, m, s);
+      if (var_scale_ != 1.0)
+        qe_block<false, true>(b, m, s);
+      else if (qe_all_quadratic(b, m))
+        qe_block<true, false>(b, m, s);
       else
-        qe_block<false>(b, m, s);
+        qe_block<false, false>(b, m, s);
     } else {
       euler_block(b, m, s);
     }
@@ -289,14 +305,14 @@ class Engine {
     const float* zp = s.z_perp.data();
     const double *idio = &p_.idio[b], *rho = &rho_[b], *rc = &rc_[b], *mu = &mudt_[b],
                  *kap = &kdt_[b], *th = &p_.theta[b], *xi = &p_.xi[b];
-    const double dt = p_.dt;
+    const double dt = p_.dt, g = var_scale_, sg = std::sqrt(var_scale_);
 #pragma omp simd
     for (std::size_t j = 0; j < m; ++j) {
       const double ws = w[j] + idio[j] * static_cast<double>(zi[j]);
       const double wv = rho[j] * ws + rc[j] * static_cast<double>(zp[j]);
       const double vp = v[j] > 0.0 ? v[j] : 0.0;  // full truncation: v+ in drift and diffusion
       const double sq = std::sqrt(vp * dt);
-      x[j] += mu[j] - 0.5 * vp * dt + sq * ws;
+      x[j] += mu[j] - 0.5 * g * vp * dt + sg * sq * ws;
       v[j] += kap[j] * (th[j] - vp) + xi[j] * sq * wv;
     }
   }
@@ -312,7 +328,10 @@ class Engine {
     return exponential == 0;
   }
 
-  template <bool kQuadraticOnly>
+  // kOverlay: the prices see var_scale * v. Andersen's martingale correction assumes g = 1, so that
+  // path uses the plain central discretisation of the integrated variance instead (an overlay is a
+  // short-lived scenario; its O(dt) drift bias is immaterial there).
+  template <bool kQuadraticOnly, bool kOverlay>
   void qe_block(std::size_t b, std::size_t m, Scratch& s) {
     double* __restrict x = &x_[b];
     double* __restrict v = &v_[b];
@@ -321,7 +340,8 @@ class Engine {
     const float* zp = s.z_perp.data();
     const double *idio = &p_.idio[b], *rho = &rho_[b], *rc = &rc_[b], *mu = &mudt_[b], *th = &p_.theta[b],
                  *E = &E_[b], *c1 = &c1_[b], *c2 = &c2_[b], *K2 = &K2_[b], *K3 = &K3_[b],
-                 *A = &A_[b];
+                 *A = &A_[b], *kap = &p_.kappa[b], *xi = &p_.xi[b];
+    const double dt = p_.dt, g = var_scale_, sg = std::sqrt(var_scale_);
 #pragma omp simd
     for (std::size_t j = 0; j < m; ++j) {
       const double ws = w[j] + idio[j] * static_cast<double>(zi[j]);
@@ -362,6 +382,14 @@ class Engine {
       const double log_m = quadratic ? A[j] * b2 * a / one_m_2Aa - 0.5 * lg : lg;
       const double ve = ratio > 1.0 ? vlog(ratio) / beta : 0.0;
       const double v1 = quadratic ? vq : ve;
+      if constexpr (kOverlay) {
+        // ln S' = ln S + mu dt - g I/2 + sqrt(g) (rho/xi (v' - v - kappa theta dt + kappa I) + sqrt((1-rho^2) I) Z)
+        const double I = 0.5 * dt * (v0 + v1);
+        const double dwv = (v1 - v0 - kap[j] * (th[j] * dt - I)) / xi[j];
+        x[j] += mu[j] - 0.5 * g * I + sg * (rho[j] * dwv + rc[j] * std::sqrt(I) * zs);
+        v[j] = v1;
+        continue;
+      }
       const double var_int = K3[j] * (v0 + v1);  // K3 == K4
       // ln S' = ln S + mu dt + K0* + K1 v + K2 v' + sqrt(K3 v + K4 v') Z, K0* = -ln M - (K1 + K3/2) v.
       x[j] += mu[j] - log_m - 0.5 * K3[j] * v0 + K2[j] * v1 + std::sqrt(var_int > 0.0 ? var_int : 0.0) * zs;
@@ -402,7 +430,7 @@ class Engine {
 #pragma omp simd
     for (std::size_t j = 0; j < m; ++j) {
       prices[j] = vexp(x[j]);
-      variances[j] = v[j] > 0.0 ? v[j] : 0.0;
+      variances[j] = var_scale_ * (v[j] > 0.0 ? v[j] : 0.0);
     }
     if (log_returns) {
       log_returns += b;
@@ -463,6 +491,8 @@ class Engine {
   std::uint64_t step_ = 0;
   std::vector<double> x_, v_, factor_level_;
   std::size_t regime_ = 0;
+  double var_scale_ = 1.0;            // scenario overlay (see set_overlay)
+  std::vector<double> overlay_chol_;  // empty: the regime's factor correlation
   // Per-asset constants derived from the parameters and dt.
   std::vector<double> rho_, rc_, mudt_, kdt_, E_, c1_, c2_, K2_, K3_, A_, ldt_, exp_mldt_, jump_comp_;
   bool jumps_ = false;

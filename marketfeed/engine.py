@@ -480,6 +480,27 @@ class Simulator:
             state.step, state.log_prices, state.variances, state.factor_levels, state.regime
         )
 
+    def set_overlay(self, var_scale: float = 1.0, correlation: FloatArray | None = None) -> None:
+        """Scenario overlay from the next step on: prices see `var_scale` times the model's variance,
+        and the factor shocks use `correlation` (K x K) instead of the regime's. The variance process
+        itself runs on untouched, so `set_overlay()` (no arguments) returns to the model exactly."""
+        if not (math.isfinite(var_scale) and var_scale >= 0):
+            raise ValueError(f"var_scale must be >= 0 (got {var_scale!r})")
+        chol: list[float] = []
+        if correlation is not None:
+            k = len(self.universe.factors)
+            c = np.asarray(correlation, dtype=np.float64)
+            if c.shape != (k, k):
+                raise ValueError(f"correlation: must be a {k}x{k} matrix")
+            _validate_correlation(c, "correlation")
+            chol = list(np.linalg.cholesky(c + 1e-14 * np.eye(k)).ravel())
+        self._engine.set_overlay(float(var_scale), chol)
+
+    @property
+    def var_scale(self) -> float:
+        """The overlay's variance multiplier (1.0 without one)."""
+        return float(self._engine.var_scale)
+
     def draw_only(self, n: int) -> float:
         """Draw the random numbers n steps would use, and nothing else (the benchmark's floor)."""
         _check_count(n)
