@@ -27,9 +27,9 @@ std::vector<double> to_vector(const InVec& a) { return {a.data(), a.data() + a.s
 
 mf::Engine make_engine(InVec log_s0, InVec mu, InVec v0, InVec kappa, InVec theta, InVec xi, InVec rho,
                        InMat loadings, InVec idio, InCube factor_chol, InVec regime_scale, InMat regime_switch,
-                       InVec jump_lambda, InVec jump_mean, InVec jump_std, double dt, std::uint64_t seed,
-                       int scheme, int threads) {
-  if (scheme != 0 && scheme != 1) throw std::invalid_argument("scheme must be 0 (QE) or 1 (Euler)");
+                       InVec jump_lambda, InVec jump_mean, InVec jump_std, InMat lift_weight, InMat lift_speed,
+                       double dt, std::uint64_t seed, int scheme, int threads) {
+  if (scheme < 0 || scheme > 2) throw std::invalid_argument("scheme must be 0 (QE), 1 (Euler) or 2 (lifted)");
   mf::ModelParams p;
   p.n_assets = log_s0.shape(0);
   p.n_regimes = factor_chol.shape(0);
@@ -54,6 +54,12 @@ mf::Engine make_engine(InVec log_s0, InVec mu, InVec v0, InVec kappa, InVec thet
   p.jump_lambda = to_vector(jump_lambda);
   p.jump_mean = to_vector(jump_mean);
   p.jump_std = to_vector(jump_std);
+  if (lift_weight.shape(0) != lift_speed.shape(0) || lift_weight.shape(1) != p.n_assets ||
+      lift_speed.shape(1) != p.n_assets)
+    throw std::invalid_argument("lift_weight and lift_speed must both have shape (n_lift, n_assets)");
+  p.n_lift = lift_weight.shape(0);
+  p.lift_weight.assign(lift_weight.data(), lift_weight.data() + lift_weight.size());
+  p.lift_speed.assign(lift_speed.data(), lift_speed.data() + lift_speed.size());
   p.dt = dt;
   p.seed = seed;
   p.scheme = static_cast<mf::Scheme>(scheme);
@@ -81,7 +87,7 @@ NB_MODULE(_engine, m) {
   nb::class_<mf::Engine>(m, "Engine")
       .def(nb::new_(&make_engine), "log_s0"_a, "mu"_a, "v0"_a, "kappa"_a, "theta"_a, "xi"_a, "rho"_a,
            "loadings"_a, "idio"_a, "factor_chol"_a, "regime_scale"_a, "regime_switch"_a, "jump_lambda"_a,
-           "jump_mean"_a, "jump_std"_a, "dt"_a,
+           "jump_mean"_a, "jump_std"_a, "lift_weight"_a, "lift_speed"_a, "dt"_a,
            "seed"_a, "scheme"_a, "threads"_a = 1,
            "Build an engine from validated per-asset arrays (see marketfeed.engine.Simulator).")
       .def("run", &run, "n"_a, "prices"_a.noconvert(), "variances"_a.noconvert(),
@@ -91,10 +97,11 @@ NB_MODULE(_engine, m) {
       .def("draw_only", &mf::Engine::draw_only, "n"_a, nb::call_guard<nb::gil_scoped_release>(),
            "Draw the random numbers n steps would consume and discard them (benchmark floor).")
       .def("state", [](const mf::Engine& e) {
-             return std::make_tuple(e.step_index(), e.log_prices(), e.variances(), e.factor_levels(), e.regime());
-           }, "Return (step, log_prices, variances, factor_levels, regime).")
+             return std::make_tuple(e.step_index(), e.log_prices(), e.variances(), e.factor_levels(), e.regime(),
+                                    e.lift_factors());
+           }, "Return (step, log_prices, variances, factor_levels, regime, lift_factors).")
       .def("set_state", &mf::Engine::set_state, "step"_a, "log_prices"_a, "variances"_a, "factor_levels"_a,
-           "regime"_a = 0, "Restore a state returned by state().")
+           "regime"_a, "lift_factors"_a, "Restore a state returned by state().")
       .def("set_overlay", &mf::Engine::set_overlay, "var_scale"_a, "factor_chol"_a,
            "Scenario overlay: prices see var_scale * v; factor shocks use factor_chol (K*K row-major "
            "lower Cholesky factor) unless it is empty. (1.0, []) restores the model.")

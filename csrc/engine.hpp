@@ -4,7 +4,8 @@
 //   price driver    W_i = a_i . f_t + s_i e_i,  a_i' C a_i + s_i^2 = 1  (so corr(W_i, W_j) = a_i' C a_j)
 //   variance shock  B_i = rho_i W_i + sqrt(1 - rho_i^2) p_i          (corr(W_i, B_i) = rho_i)
 //
-// and then either full-truncation Euler or Andersen's QE with martingale correction. For QE the
+// and then either full-truncation Euler, Andersen's QE with martingale correction, or, for rough
+// volatility, Abi Jaber's lifted Heston (see lifted_block). For QE the
 // price needs a normal independent of the variance shock: Z_i = sqrt(1 - rho_i^2) W_i - rho_i p_i is
 // exactly that, and rho_i B_i + sqrt(1 - rho_i^2) Z_i gives back W_i, so both schemes see the same
 // factor-driven price shock. State is kept in structure-of-arrays form; every loop over assets is
@@ -25,7 +26,7 @@
 
 namespace mf {
 
-enum class Scheme : int { QE = 0, Euler = 1 };
+enum class Scheme : int { QE = 0, Euler = 1, Lifted = 2 };
 
 // Raw per-asset parameters as the Python layer hands them over (already validated there; the checks
 // here only guard the C++ invariants so that a direct caller cannot corrupt memory).
@@ -39,6 +40,10 @@ struct ModelParams {
   std::vector<double> regime_scale{1.0};   // R: factor volatility multiplier of each regime
   std::vector<double> regime_switch{1.0};  // R x R: per-step transition probabilities, rows sum to 1
   std::vector<double> jump_lambda, jump_mean, jump_std;  // ln(1 + J) ~ N(jump_mean, jump_std^2)
+  // Lifted (rough) Heston: the variance is v0 + sum_l c_l U_l, each U_l an Ornstein-Uhlenbeck-like
+  // factor mean-reverting at speed x_l; L x N, factor-major like the loadings. Empty unless Lifted.
+  std::size_t n_lift = 0;
+  std::vector<double> lift_weight, lift_speed;
   double dt = 0.0;
   std::uint64_t seed = 0;
   Scheme scheme = Scheme::QE;
@@ -64,6 +69,12 @@ class Engine {
     need(p_.regime_scale, R, "regime_scale");
     need(p_.regime_switch, R * R, "regime_switch");
     if (!(p_.dt > 0.0)) throw std::invalid_argument("dt must be > 0");
+    const std::size_t L = p_.n_lift;
+    if ((p_.scheme == Scheme::Lifted) != (L > 0))
+      throw std::invalid_argument("the lifted scheme needs lift factors, and only it uses them");
+    need(p_.lift_weight, L * N, "lift_weight");
+    need(p_.lift_speed, L * N, "lift_speed");
+    u_.assign(L * N, 0.0);
     set_threads(threads);
     precompute();
     x_ = p_.log_s0;
@@ -85,6 +96,7 @@ class Engine {
   const std::vector<double>& log_prices() const { return x_; }
   const std::vector<double>& variances() const { return v_; }
   const std::vector<double>& factor_levels() const { return factor_level_; }
+  const std::vector<double>& lift_factors() const { return u_; }
   std::size_t regime() const { return regime_; }
   double var_scale() const { return var_scale_; }
 
@@ -102,9 +114,11 @@ class Engine {
   }
 
   void set_state(std::uint64_t step, const std::vector<double>& x, const std::vector<double>& v,
-                 const std::vector<double>& f, std::size_t regime) {
+                 const std::vector<double>& f, std::size_t regime, const std::vector<double>& u) {
     if (x.size() != p_.n_assets || v.size() != p_.n_assets || f.size() != p_.n_factors)
       throw std::invalid_argument("state arrays do not match the universe's shape");
+    if (u.size() != u_.size()) throw std::invalid_argument("lift factors do not match the lifted scheme's shape");
+    u_ = u;
     if (regime >= p_.n_regimes) throw std::invalid_argument("regime out of range");
     step_ = step;
     x_ = x;
@@ -188,12 +202,13 @@ class Engine {
 
   struct Scratch {
     explicit Scratch(std::size_t n)
-        : z_idio(n), z_perp(n), u_jump(n), z_jump(n), w(n), x_prev(n) {}
+        : z_idio(n), z_perp(n), u_jump(n), z_jump(n), w(n), x_prev(n), drift(n) {}
     std::vector<float> z_idio, z_perp;
     std::vector<double> u_jump;
     std::vector<float> z_jump;
     std::vector<double> w;       // factor part of the price driver
     std::vector<double> x_prev;  // log-prices before the step, for per-step returns
+    std::vector<double> drift;   // lifted scheme: the step's variance increment before the kernel
   };
 
   // The market regime is a Markov chain advanced once per step, before the factor shocks, from its own
@@ -291,8 +306,10 @@ class Engine {
         qe_block<true, false>(b, m, s);
       else
         qe_block<false, false>(b, m, s);
-    } else {
+    } else if (p_.scheme == Scheme::Euler) {
       euler_block(b, m, s);
+    } else {
+      lifted_block(b, m, s);
     }
     if (jumps_) jump_block(b, m, s);
   }
@@ -314,6 +331,46 @@ class Engine {
       const double sq = std::sqrt(vp * dt);
       x[j] += mu[j] - 0.5 * g * vp * dt + sg * sq * ws;
       v[j] += kap[j] * (th[j] - vp) + xi[j] * sq * wv;
+    }
+  }
+
+  // Lifted Heston (Abi Jaber 2019): the fractional kernel t^(H-1/2) / Gamma(H+1/2) of rough Heston is
+  // replaced by sum_l c_l exp(-x_l t), so V = v0 + sum_l c_l U_l with
+  //   dU_l = (-x_l U_l + kappa (theta - V)) dt + xi sqrt(V) dB,   U_l(0) = 0,
+  // stepped with an exponential integrator: U_l' = e^{-x_l dt} U_l + phi(x_l dt) D, phi(z) = (1 - e^-z)/z,
+  // D = kappa (theta - V+) dt + xi sqrt(V+) dW the shared increment (V+ as in full truncation). The fast
+  // factors are stiff (x_l dt reaches 0.1 or more): implicit Euler, 1/(1 + x dt), would damp their noise
+  // by (1 + z)^-2 where the exact variance factor is (1 - e^-2z)/2z ~ phi(z)^2, and so under-state the
+  // roughness. One factor with c = 1, x = 0 (e = phi = 1) is full-truncation Euler of classical Heston.
+  void lifted_block(std::size_t b, std::size_t m, Scratch& s) {
+    double* __restrict x = &x_[b];
+    double* __restrict v = &v_[b];
+    double* __restrict dr = s.drift.data();
+    const double* w = s.w.data();
+    const float* zi = s.z_idio.data();
+    const float* zp = s.z_perp.data();
+    const double *idio = &p_.idio[b], *rho = &rho_[b], *rc = &rc_[b], *mu = &mudt_[b],
+                 *kap = &kdt_[b], *th = &p_.theta[b], *xi = &p_.xi[b], *v0 = &p_.v0[b];
+    const double dt = p_.dt, g = var_scale_, sg = std::sqrt(var_scale_);
+#pragma omp simd
+    for (std::size_t j = 0; j < m; ++j) {
+      const double ws = w[j] + idio[j] * static_cast<double>(zi[j]);
+      const double wv = rho[j] * ws + rc[j] * static_cast<double>(zp[j]);
+      const double vp = v[j] > 0.0 ? v[j] : 0.0;
+      const double sq = std::sqrt(vp * dt);
+      x[j] += mu[j] - 0.5 * g * vp * dt + sg * sq * ws;
+      dr[j] = kap[j] * (th[j] - vp) + xi[j] * sq * wv;
+      v[j] = v0[j];
+    }
+    const std::size_t N = p_.n_assets;
+    for (std::size_t l = 0; l < p_.n_lift; ++l) {
+      double* __restrict u = &u_[l * N + b];
+      const double *c = &p_.lift_weight[l * N + b], *d = &lift_decay_[l * N + b], *ph = &lift_phi_[l * N + b];
+#pragma omp simd
+      for (std::size_t j = 0; j < m; ++j) {
+        u[j] = u[j] * d[j] + ph[j] * dr[j];
+        v[j] += c[j] * u[j];
+      }
     }
   }
 
@@ -446,6 +503,13 @@ class Engine {
     for (auto* v : {&rho_, &rc_, &mudt_, &kdt_, &E_, &c1_, &c2_, &K2_, &K3_, &A_, &ldt_, &exp_mldt_,
                     &jump_comp_})
       alloc(*v);
+    lift_decay_.resize(p_.lift_speed.size());
+    lift_phi_.resize(p_.lift_speed.size());
+    for (std::size_t i = 0; i < lift_decay_.size(); ++i) {
+      const double z = p_.lift_speed[i] * dt;
+      lift_decay_[i] = std::exp(-z);
+      lift_phi_[i] = z > 1e-12 ? -std::expm1(-z) / z : 1.0;
+    }
     jumps_ = false;
     double max_ldt = 0.0;
     for (std::size_t i = 0; i < N; ++i) {
@@ -490,11 +554,13 @@ class Engine {
   int threads_ = 1;
   std::uint64_t step_ = 0;
   std::vector<double> x_, v_, factor_level_;
+  std::vector<double> u_;  // lifted scheme's factors, L x N (empty otherwise)
   std::size_t regime_ = 0;
   double var_scale_ = 1.0;            // scenario overlay (see set_overlay)
   std::vector<double> overlay_chol_;  // empty: the regime's factor correlation
   // Per-asset constants derived from the parameters and dt.
   std::vector<double> rho_, rc_, mudt_, kdt_, E_, c1_, c2_, K2_, K3_, A_, ldt_, exp_mldt_, jump_comp_;
+  std::vector<double> lift_decay_, lift_phi_;  // e^{-x_l dt} and (1 - e^{-x_l dt}) / (x_l dt), L x N
   bool jumps_ = false;
   int jump_kmax_ = 0;
 };

@@ -368,7 +368,8 @@ def _simulate_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -
         help="time step: years (0.004) or a duration (250ms, 1s, 1m, 1h, 1d, 1w; default 1s)",
     )
     p.add_argument("--seed", default="0", help="random seed: same seed, same paths (default 0)")
-    p.add_argument("--scheme", default="qe", help="Heston variance scheme: qe | euler (default qe)")
+    p.add_argument("--scheme", default="qe", help="Heston variance scheme: qe | euler | lifted (default qe)")
+    p.add_argument("--hurst", default=None, help="Hurst exponent of every asset, in (0, 0.5]: < 0.5 is rough")
     p.add_argument("--jumps", action="store_true", help="add Merton jumps (Bates model)")
     p.add_argument("--universe", default=None, metavar="FILE", help="JSON universe file (default: built-in)")
     p.add_argument(
@@ -457,6 +458,11 @@ def simulate(args: argparse.Namespace) -> int:
     if not threads_text.isdigit():
         raise UsageError(f"--threads: must be an integer >= 0, 0 meaning one per core (got {args.threads!r})")
     universe = _load_universe(args.universe)
+    if args.hurst is not None:
+        try:
+            universe = universe.with_hurst(float(args.hurst))
+        except ValueError:
+            raise UsageError(f"--hurst: must be a number in (0, 0.5] (got {args.hurst!r})") from None
     names: list[str] = universe.symbols
     if args.symbols.strip() in ("", "*"):
         wanted = list(names)
@@ -480,7 +486,7 @@ def simulate(args: argparse.Namespace) -> int:
     metadata = {
         "seed": str(seed),
         "dt_years": repr(dt),
-        "scheme": args.scheme,
+        "scheme": sim.scheme.value,
         "jumps": str(args.jumps).lower(),
     }
     sink = TableSink(

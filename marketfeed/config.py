@@ -43,6 +43,13 @@ class Settings(BaseSettings):
     universe: Path | None = Field(None, description="JSON universe file (default: 20 built-in symbols)")
     scheme: Scheme = Field(Scheme.QE, description="Heston variance scheme: qe | euler")
     jumps: bool = Field(False, description="add Merton jumps (Bates model)")
+    hurst: float | None = Field(
+        None,
+        gt=0,
+        le=0.5,
+        description="Hurst exponent of every asset (< 0.5: rough); unset = the universe's",
+    )
+    rough_factors: int = Field(20, ge=2, le=200, description="variance factors of the lifted (rough) scheme")
     spread_bps: float = Field(2.0, ge=0, le=1000, description="quoted spread floor in basis points")
 
     # --- backends (one place picks them: marketfeed/backends.py) ---------------------------------

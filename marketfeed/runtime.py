@@ -48,6 +48,8 @@ class Runtime:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.universe = Universe.from_json(settings.universe) if settings.universe else Universe.default()
+        if settings.hurst is not None:
+            self.universe = self.universe.with_hurst(settings.hurst)
         self.universe.validate()
         self.symbols = self.universe.symbols
         self.hub = Hub(
@@ -89,7 +91,14 @@ class Runtime:
 
     async def _make_market(self) -> Market:
         s = self.settings
-        sim = Simulator(self.universe, dt=s.dt_years, seed=s.seed, scheme=s.scheme, jumps=s.jumps)
+        sim = Simulator(
+            self.universe,
+            dt=s.dt_years,
+            seed=s.seed,
+            scheme=s.scheme,
+            jumps=s.jumps,
+            rough_factors=s.rough_factors,
+        )
         saved = await self.history.load_state()
         if saved is not None:
             try:

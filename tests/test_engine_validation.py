@@ -125,7 +125,7 @@ def test_shapes_must_agree() -> None:
         ({"dt": math.inf}, "dt must be > 0"),
         ({"seed": -1}, "seed must be an integer in [0, 2**64)"),
         ({"seed": 2**64}, "seed must be an integer in [0, 2**64)"),
-        ({"scheme": "milstein"}, "scheme must be one of ['qe', 'euler']"),
+        ({"scheme": "milstein"}, "scheme must be one of ['qe', 'euler', 'lifted']"),
         ({"threads": -2}, "threads must be an integer >= 0"),
     ],
     ids=lambda value: str(value) if isinstance(value, dict) else "",
