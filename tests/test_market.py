@@ -11,8 +11,10 @@ from zoneinfo import ZoneInfo
 
 import numpy as np
 import pytest
+from pydantic import ValidationError
 
 from marketfeed.calendar import parse_session
+from marketfeed.config import Settings
 from marketfeed.engine import SECONDS_PER_YEAR, Simulator, SimulatorState
 from marketfeed.market import Arrivals, Market, TradeModel
 from marketfeed.scenarios import Scenario, apply_scenario
@@ -186,3 +188,30 @@ def test_a_scenario_keeps_the_tick_counters() -> None:
     ticks += run(m, 100)
     seqs = [t.seq for t in ticks if t.symbol == "NOVA"]
     assert seqs == list(range(1, len(seqs) + 1))
+
+
+# --- settings ------------------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("settings", "message"),
+    [
+        ({"arrivals": "hawkes", "hawkes_jump": 1.0, "hawkes_decay": 1.0}, "branching ratio"),
+        ({"arrivals": "sometimes"}, "every_step"),
+        ({"seasonality": 1.0}, "needs arrivals poisson or hawkes"),
+        ({"arrivals": "poisson", "seasonality": 4.0}, "less than or equal to 3"),
+        ({"session": "9-5"}, "HH:MM-HH:MM"),
+        ({"session_tz": "Europe/Atlantis"}, "unknown time zone"),
+    ],
+)
+def test_bad_trade_settings_are_refused_with_a_clear_message(
+    settings: dict[str, object], message: str
+) -> None:
+    with pytest.raises(ValidationError, match=message):
+        Settings(**settings)  # type: ignore[arg-type]
+
+
+def test_settings_build_the_trade_model() -> None:
+    s = Settings(arrivals=Arrivals.HAWKES, trade_rate=3.0, session="09:00-17:30", session_tz="Europe/London")
+    m = s.trade_model
+    assert (m.arrivals, m.trade_rate) == (Arrivals.HAWKES, 3.0)
+    assert str(m.session) == "09:00-17:30 Europe/London Mon-Fri"
+    assert Settings().trade_model == TradeModel()
