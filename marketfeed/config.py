@@ -10,10 +10,12 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Annotated
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from marketfeed.calendar import parse_session
 from marketfeed.engine import Scheme
+from marketfeed.market import Arrivals, TradeModel
 
 
 class Role(StrEnum):
@@ -51,6 +53,28 @@ class Settings(BaseSettings):
     )
     rough_factors: int = Field(20, ge=2, le=200, description="variance factors of the lifted (rough) scheme")
     spread_bps: float = Field(2.0, ge=0, le=1000, description="quoted spread floor in basis points")
+
+    # --- trades (the tick layer: marketfeed/market.py, marketfeed/calendar.py) --------------------
+    arrivals: Arrivals = Field(
+        Arrivals.EVERY_STEP,
+        description="every_step (each symbol ticks every step) | poisson | hawkes (clustered trades)",
+    )
+    trade_rate: float = Field(
+        2.0, gt=0, le=1e6, description="poisson/hawkes: base trades per simulated second per symbol"
+    )
+    hawkes_decay: float = Field(
+        1.0, gt=0, le=1e6, description="hawkes: decay rate of the excitation, per simulated second"
+    )
+    hawkes_jump: float = Field(
+        0.5, ge=0, le=1e6, description="hawkes: rate added by each trade (trades/s); jump/decay must be < 1"
+    )
+    seasonality: float = Field(
+        0.0, ge=0, le=3, description="poisson/hawkes: U-shaped intraday rate amplitude, 0 = flat (max 3)"
+    )
+    session: str = Field(
+        "24/7", description="24/7, or HH:MM-HH:MM local trading hours on weekdays (e.g. 09:30-16:00)"
+    )
+    session_tz: str = Field("America/New_York", description="IANA time zone of the session hours")
 
     # --- backends (one place picks them: marketfeed/backends.py) ---------------------------------
     history_path: Path = Field(Path("data/marketfeed.sqlite3"), description="SQLite history file")
@@ -104,6 +128,23 @@ class Settings(BaseSettings):
         if isinstance(value, str):
             return [o.strip() for o in value.split(",") if o.strip()]
         return value
+
+    @model_validator(mode="after")
+    def _check_trades(self) -> Settings:
+        _ = self.trade_model  # bad combinations fail at start-up, with the setting's name
+        return self
+
+    @property
+    def trade_model(self) -> TradeModel:
+        """The tick layer's settings; ValueError (naming the setting) for values that cannot run."""
+        return TradeModel(
+            arrivals=self.arrivals,
+            trade_rate=self.trade_rate,
+            hawkes_decay=self.hawkes_decay,
+            hawkes_jump=self.hawkes_jump,
+            seasonality=self.seasonality,
+            session=parse_session(self.session, self.session_tz),
+        )
 
     @property
     def dt_years(self) -> float:

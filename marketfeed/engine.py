@@ -350,6 +350,9 @@ class SimulatorState:
     symbols: list[str] = field(default_factory=list)
     regime: int = 0  #: index of the current market regime (0 without regimes)
     lift_factors: list[float] = field(default_factory=list)  #: lifted scheme: U_l of every asset, L x N
+    #: The tick layer's own state (`Market.state`: tick counts, trade-arrival excitation), saved and
+    #: restored with the path it belongs to; the Simulator ignores it.
+    market: dict[str, Any] = field(default_factory=dict)
 
     def to_json(self) -> str:
         return json.dumps(asdict(self))

@@ -99,17 +99,18 @@ class Runtime:
             jumps=s.jumps,
             rough_factors=s.rough_factors,
         )
+        market = Market(sim, spread_bps=s.spread_bps, trades=s.trade_model)
         saved = await self.history.load_state()
         if saved is not None:
             try:
-                sim.restore(SimulatorState.from_json(saved))
+                market.restore(SimulatorState.from_json(saved))
             except ValueError as exc:
                 raise IncompatibleHistoryError(
                     f"the history store holds another market ({exc}); use the settings it was made with "
                     "or point MARKETFEED_HISTORY_PATH / MARKETFEED_DATABASE somewhere else"
                 ) from exc
             log.info("resumed the engine at step %d from the history store", sim.step_index)
-        return Market(sim, spread_bps=s.spread_bps)
+        return market
 
     def _spawn(self, coro: Coroutine[Any, Any, None], name: str) -> None:
         task = asyncio.create_task(coro, name=name)
@@ -165,11 +166,12 @@ class Runtime:
             self.step_seconds = time.perf_counter() - t0
             self.steps += 1
             self.ticks_generated += len(batch)
-            self.history.write(batch, state)
-            if self.settings.serves_clients:
-                self.hub.publish(batch)
-            self._queue_cache_update(batch)
-            await self.bus.publish(batch)
+            self.history.write(batch, state)  # even without ticks: the state moved on (overnight)
+            if batch.ticks:  # a closed market, or no trade arrived: nothing for clients, caches or edges
+                if self.settings.serves_clients:
+                    self.hub.publish(batch)
+                self._queue_cache_update(batch)
+                await self.bus.publish(batch)
             deadline += period
             delay = deadline - time.monotonic()
             if delay < -period:

@@ -5,10 +5,9 @@ on from the shocked state with its own dynamics."""
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any, Literal
 
-from marketfeed.engine import SimulatorState
 from marketfeed.market import Market
 
 
@@ -45,15 +44,5 @@ def apply_scenario(market: Market, s: Scenario) -> None:
         log_prices = [x + a.betas[k] * s.size for x, a in zip(log_prices, universe.assets, strict=True)]
     else:
         variances = [v * s.multiplier for v in variances]
-    market.restore(
-        SimulatorState(
-            step=state.step,
-            log_prices=log_prices,
-            variances=variances,
-            factor_levels=state.factor_levels,
-            seed=state.seed,
-            scheme=state.scheme,
-            dt=state.dt,
-            symbols=state.symbols,
-        )
-    )
+    # replace(), not a new state: the regime and the tick layer's counters must carry on unchanged.
+    market.restore(replace(state, log_prices=log_prices, variances=variances))

@@ -15,7 +15,7 @@ class TickModel(BaseModel):
     price: float = Field(description="last trade price")
     bid: float = Field(description="best bid")
     ask: float = Field(description="best ask")
-    size: int = Field(description="last trade size (shares)")
+    size: int = Field(description="shares traded since the previous tick of the symbol")
     vol: float = Field(description="instantaneous annualised volatility sqrt(v_t) of the Heston model")
 
 

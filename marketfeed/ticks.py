@@ -27,8 +27,9 @@ class Tick:
     """One quote-and-trade update of one symbol.
 
     `seq` counts this symbol's ticks (1, 2, 3, ... with no gaps); `gseq` orders all ticks of the
-    market (strictly increasing, unique, gaps allowed between symbols). Both are derived from the
-    engine's step index, so a restarted engine continues them without reuse.
+    market (strictly increasing, unique, gaps allowed between symbols). gseq is derived from the
+    engine's step index and seq from the tick counts stored with the engine state, so a restarted
+    engine continues them without reuse.
     """
 
     symbol: str
@@ -38,7 +39,7 @@ class Tick:
     price: float  #: last trade price
     bid: float
     ask: float
-    size: int  #: last trade size (shares)
+    size: int  #: shares traded in this tick's step (the total of its trades)
     vol: float  #: instantaneous annualised volatility, sqrt(v_t)
 
     @property
