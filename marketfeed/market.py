@@ -73,5 +73,12 @@ class Market:
     def restore(self, state: SimulatorState) -> None:
         self.sim.restore(state)
 
+    def replace_simulator(self, simulator: Simulator) -> None:
+        """Carry on with another simulator (new model parameters) from this one's state."""
+        if simulator.symbols != self.symbols:
+            raise ValueError("replace_simulator: the new simulator must have the same symbols")
+        simulator.restore(self.sim.state())
+        self.sim = simulator
+
     def step_of_gseq(self, gseq: int) -> int:
         return max(0, math.ceil(gseq / self._n) - 1)
