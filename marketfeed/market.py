@@ -200,5 +200,12 @@ class Market:
             raise ValueError("state: tick counts and excitation must be >= 0")
         return counts, excitation
 
+    def replace_simulator(self, simulator: Simulator) -> None:
+        """Carry on with another simulator (new model parameters) from this one's state."""
+        if simulator.symbols != self.symbols:
+            raise ValueError("replace_simulator: the new simulator must have the same symbols")
+        simulator.restore(self.sim.state())
+        self.sim = simulator
+
     def step_of_gseq(self, gseq: int) -> int:
         return max(0, math.ceil(gseq / self._n) - 1)

@@ -5,7 +5,8 @@ from __future__ import annotations
 import asyncio
 import csv
 import io
-from collections.abc import AsyncIterator, Iterable, Sequence
+import warnings
+from collections.abc import AsyncIterator, Awaitable, Iterable, Sequence
 from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Annotated, Any, Literal
@@ -14,14 +15,22 @@ import numpy as np
 import orjson
 from fastapi import APIRouter, Depends, Header, HTTPException, Query, Request, WebSocket
 from fastapi.responses import PlainTextResponse, Response, StreamingResponse
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from marketfeed import analytics, metrics, scenarios
-from marketfeed.engine import SECONDS_PER_YEAR
+from marketfeed.engine import SECONDS_PER_YEAR, FellerConditionWarning
 from marketfeed.history.candles import Candle, Interval
-from marketfeed.runtime import Runtime
-from marketfeed.scenarios import Scenario
-from marketfeed.schemas import CandlesPage, ErrorResponse, QuotesResponse, SymbolInfo, TicksPage
+from marketfeed.runtime import COMMAND_TIMEOUT_S, Event, NoEngineError, Runtime
+from marketfeed.scenarios import DEFAULT_HALF_LIFE, Scenario
+from marketfeed.schemas import (
+    CandlesPage,
+    ErrorResponse,
+    EventsPage,
+    ParamsResponse,
+    QuotesResponse,
+    SymbolInfo,
+    TicksPage,
+)
 from marketfeed.security import key_allowed, presented_key
 from marketfeed.streams.sse import EventStream
 from marketfeed.streams.websocket import CLOSE_POLICY, CLOSE_TRY_AGAIN, Session
@@ -254,6 +263,26 @@ async def history_candles(
     )
 
 
+@router.get(
+    "/history/events",
+    response_model=EventsPage,
+    responses=ERRORS,
+    tags=["history"],
+    dependencies=KEYED,
+    summary="Market events (scenarios, cleared scenarios, parameter changes), oldest first",
+)
+async def history_events(
+    request: Request,
+    start: StartQ = None,
+    end: EndQ = None,
+    limit: Annotated[int, Query(ge=1, description="most events returned (oldest first)")] = 1000,
+) -> Response:
+    rt = runtime(request)
+    s, e = time_range(start, end)
+    events = await rt.history.events(start_ns=s, end_ns=e, limit=min(limit, rt.settings.history_limit))
+    return json_response({"events": events})
+
+
 # --- analytics ---------------------------------------------------------------------------------------
 class Strategy(StrEnum):
     MA_CROSSOVER = "ma_crossover"
@@ -360,17 +389,54 @@ async def volatility(
 
 
 # --- control ---------------------------------------------------------------------------------------
+CONTROL_ERRORS: dict[int | str, dict[str, Any]] = {
+    **ERRORS,
+    409: {"model": ErrorResponse, "description": "this process runs no engine (role edge)"},
+    503: {"model": ErrorResponse, "description": "the engine did not take the change in time"},
+}
+
+#: Request bodies with an unknown field are refused (422 naming it): a typo must not pass silently.
+STRICT = ConfigDict(extra="forbid")
+
+
 class ScenarioRequest(BaseModel):
-    kind: Literal["crash", "vol_spike"] = Field(
-        description="crash: a factor falls; vol_spike: variances jump"
+    model_config = STRICT
+
+    kind: Literal["crash", "vol_spike", "correlation"] = Field(
+        description="crash: a factor falls at once; vol_spike: volatility jumps, then fades; "
+        "correlation: every pair of factors moves to `correlation`, then fades back"
     )
     factor: str | None = Field(None, description="crash: which factor, e.g. market")
     size: float = Field(
         0.0, description="crash: the factor's log-return, e.g. -0.1; assets move by beta times it"
     )
     multiplier: float = Field(
-        1.0, description="vol_spike: variances are multiplied by this (then mean-revert)"
+        1.0,
+        description="vol_spike: prices (and the ticks' vol) see this times the model's variance, "
+        "fading to 1 with half_life; crash: an optional spike that goes with it (1: none)",
     )
+    correlation: float | None = Field(
+        None, description="correlation: the value every pair of factors moves to (-1/(K-1) to 1)"
+    )
+    half_life: float = Field(
+        DEFAULT_HALF_LIFE,
+        description="simulated seconds for the effect of vol_spike or correlation to halve; "
+        "dropped once below 0.1 %",
+    )
+
+
+async def control(change: Awaitable[Event]) -> Event:
+    """Wait for the engine to apply a change; its errors as HTTP errors."""
+    try:
+        return await change
+    except NoEngineError as exc:
+        raise HTTPException(409, str(exc)) from None
+    except TimeoutError:
+        raise HTTPException(
+            503, f"the engine did not take the change within {COMMAND_TIMEOUT_S:g} s (it may still apply)"
+        ) from None
+    except ValueError as exc:
+        raise HTTPException(400, str(exc)) from None
 
 
 @router.post(
@@ -378,25 +444,112 @@ class ScenarioRequest(BaseModel):
     tags=["control"],
     dependencies=ADMIN,
     status_code=202,
-    responses={**ERRORS, 409: {"model": ErrorResponse, "description": "this process runs no engine"}},
+    responses=CONTROL_ERRORS,
     summary="Inject a scenario into the running market (admin key when keys are configured)",
+    description="Applied before the next step; the answer is the event, also announced on the streams "
+    "(SSE `event: scenario`, WebSocket `type: scenario`) and stored (`/history/events`).",
 )
 async def inject_scenario(request: Request, body: ScenarioRequest) -> Response:
     rt = runtime(request)
-    scenario = Scenario(kind=body.kind, factor=body.factor, size=body.size, multiplier=body.multiplier)
+    scenario = Scenario(**body.model_dump())
     try:
         scenarios.validate(scenario, list(rt.universe.factors))
-        record = rt.inject(scenario)
     except ValueError as exc:
         raise HTTPException(400, str(exc)) from None
-    except RuntimeError as exc:
-        raise HTTPException(409, str(exc)) from None
-    return json_response(record, status=202)
+    return json_response(await control(rt.inject(scenario)), status=202)
 
 
-@router.get("/admin/scenarios", tags=["control"], dependencies=ADMIN, summary="Scenarios injected so far")
+@router.get("/admin/scenarios", tags=["control"], dependencies=ADMIN, summary="Events of this process so far")
 async def list_scenarios(request: Request) -> Response:
     return json_response({"scenarios": runtime(request).scenario_log})
+
+
+@router.delete(
+    "/admin/scenarios",
+    tags=["control"],
+    dependencies=ADMIN,
+    responses=CONTROL_ERRORS,
+    summary="End every active scenario overlay at once (an event; a crash's price move stays)",
+)
+async def clear_scenarios(request: Request) -> Response:
+    return json_response(await control(runtime(request).clear_scenarios()))
+
+
+class AssetChange(BaseModel):
+    model_config = STRICT
+
+    mu: float | None = Field(None, description="drift per year")
+    kappa: float | None = Field(None, description="variance mean-reversion speed (> 0)")
+    theta: float | None = Field(None, description="long-run variance (> 0)")
+    xi: float | None = Field(None, description="volatility of variance (> 0)")
+    rho: float | None = Field(None, description="price/variance correlation, in [-1, 1]")
+    jump_intensity: float | None = Field(None, description="jumps per year (>= 0; with jumps on)")
+    jump_mean: float | None = Field(None, description="mean of ln(1 + J)")
+    jump_std: float | None = Field(None, description="standard deviation of ln(1 + J) (>= 0)")
+    betas: list[float] | None = Field(None, description="one exposure per factor")
+    idio_vol: float | None = Field(None, description="idiosyncratic weight (>= 0)")
+
+
+class ParamsChange(BaseModel):
+    model_config = STRICT
+
+    assets: dict[str, AssetChange] = Field(
+        default_factory=dict, description="per symbol, only the parameters to change"
+    )
+    correlation: list[list[float]] | None = Field(None, description="the factors' K x K correlation")
+
+
+def params_body(rt: Runtime) -> dict[str, Any]:
+    return {
+        "step": rt.market.next_step if rt.market else None,
+        "dt_seconds": rt.settings.dt_years * SECONDS_PER_YEAR,
+        **rt.universe.to_dict(),
+        "scenarios": rt.active_scenarios,
+        "overlay": rt.overlay,
+    }
+
+
+@router.get(
+    "/admin/params",
+    response_model=ParamsResponse,
+    tags=["control"],
+    dependencies=ADMIN,
+    responses=ERRORS,
+    summary="The live model (universe, regimes) and the active scenarios with their current strength",
+)
+async def get_params(request: Request) -> Response:
+    return json_response(params_body(runtime(request)))
+
+
+@router.patch(
+    "/admin/params",
+    tags=["control"],
+    dependencies=ADMIN,
+    responses=CONTROL_ERRORS,
+    summary="Change model parameters live, from the next step on (an event; the path carries on)",
+    description="Per-asset Heston, jump and factor parameters and/or the factor correlation. Checked "
+    "like a universe file (400 naming the symbol and parameter); unknown symbols are 404. The answer "
+    "is the event, with `warnings` (e.g. the Feller condition) and the new `params`.",
+)
+async def patch_params(request: Request, body: ParamsChange) -> Response:
+    rt = runtime(request)
+    assets = {sym.strip().upper(): c.model_dump(exclude_none=True) for sym, c in body.assets.items()}
+    unknown = sorted(set(assets) - set(rt.symbols))
+    if unknown:
+        raise HTTPException(404, f"unknown symbols: {', '.join(unknown[:20])}")
+    changes: dict[str, Any] = {"assets": {k: v for k, v in assets.items() if v}}
+    if body.correlation is not None:
+        changes["correlation"] = body.correlation
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", FellerConditionWarning)
+        try:
+            universe = scenarios.changed_universe(rt.universe, changes["assets"], body.correlation)
+            simulator = rt.simulator_for(universe)
+        except ValueError as exc:
+            raise HTTPException(400, str(exc)) from None
+    record = await control(rt.change_params(universe, simulator, changes))
+    notes = [str(w.message) for w in caught if issubclass(w.category, FellerConditionWarning)]
+    return json_response({**record, "warnings": notes, "params": params_body(rt)})
 
 
 # --- operations --------------------------------------------------------------------------------------

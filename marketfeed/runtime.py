@@ -11,19 +11,20 @@ import logging
 import resource
 import time
 from collections import deque
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
 
 from marketfeed.backends import make_bus, make_history, make_quote_cache
 from marketfeed.config import Settings
-from marketfeed.engine import Simulator, SimulatorState, Universe
+from marketfeed.engine import SECONDS_PER_YEAR, Simulator, SimulatorState, Universe
 from marketfeed.health import Status
 from marketfeed.history.store import HistoryStore
 from marketfeed.market import Market
-from marketfeed.scenarios import Scenario, apply_scenario
+from marketfeed.scenarios import Scenario, ScenarioBook, apply_crash
 from marketfeed.security import ConnectionLimiter
 from marketfeed.streams.bus import Bus
 from marketfeed.streams.hub import Hub
@@ -42,6 +43,26 @@ def raise_open_file_limit() -> None:
 
 class IncompatibleHistoryError(RuntimeError):
     """The history store holds a different market (another seed, universe, scheme or speed)."""
+
+
+class NoEngineError(RuntimeError):
+    """A control request reached a process that runs no engine (role edge)."""
+
+
+#: How long a control request waits for the engine to take it (it runs between two steps).
+COMMAND_TIMEOUT_S = 10.0
+
+Event = dict[str, Any]
+
+
+@dataclass
+class Command:
+    """A change to the market, run on the engine thread between two steps; `apply` returns the
+    details of the event it becomes."""
+
+    type: str
+    apply: Callable[[Market], Event]
+    done: asyncio.Future[Event]
 
 
 class Runtime:
@@ -68,8 +89,12 @@ class Runtime:
         self.ticks_generated = 0
         self.late_steps = 0
         self.quote_updates_dropped = 0
-        self._scenarios: deque[Scenario] = deque()
-        self.scenario_log: list[dict[str, object]] = []
+        self._commands: deque[Command] = deque()
+        self.scenario_log: list[Event] = []
+        self.book = ScenarioBook(dt_seconds=settings.dt_years * SECONDS_PER_YEAR)
+        self.active_scenarios: list[dict[str, Any]] = []  #: the book's report after the latest step
+        self.overlay: dict[str, Any] = {"var_scale": 1.0, "correlation": None}
+        self._overlay_set = False
         self.step_seconds = 0.0
         self._cache_queue: asyncio.Queue[TickBatch] = asyncio.Queue(maxsize=64)
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="engine")
@@ -130,6 +155,10 @@ class Runtime:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
         self._tasks.clear()
+        while self._commands:  # their requests would otherwise wait for a step that never comes
+            command = self._commands.popleft()
+            if not command.done.done():
+                command.done.set_exception(NoEngineError("the server is shutting down"))
         self.hub.close_all("server shutting down")
         await self._drain_cache_queue()
         for closer in (self.bus.close, self.quotes.close, self.history.close):
@@ -140,21 +169,90 @@ class Runtime:
         self._executor.shutdown(wait=True)
 
     # --- engine side -----------------------------------------------------------------------------
-    def _step(self, market: Market) -> tuple[TickBatch, str]:
-        while self._scenarios:  # applied between steps, on the engine thread that owns the state
-            apply_scenario(market, self._scenarios.popleft())
+    def _step(self, market: Market) -> tuple[TickBatch, str, list[tuple[Command, Event | Exception]]]:
+        # Commands and the overlay are applied here, on the engine thread that owns the simulator.
+        done = []
+        while self._commands:
+            done.append(self._run_command(market, self._commands.popleft()))
+        self._apply_overlay(market)
         batch = market.step()
-        return batch, market.state().to_json()
+        return batch, market.state().to_json(), done
 
-    def inject(self, scenario: Scenario) -> dict[str, object]:
-        """Queue a scenario for the next engine step; returns what was accepted."""
+    @staticmethod
+    def _run_command(market: Market, command: Command) -> tuple[Command, Event | Exception]:
+        record: Event = {"type": command.type, "at_step": market.next_step, "ts": time.time_ns()}
+        try:
+            return command, {**record, **command.apply(market)}
+        except Exception as exc:  # the request that sent it gets the error; the engine goes on
+            return command, exc
+
+    def _apply_overlay(self, market: Market) -> None:
+        if not self.book.active and not self._overlay_set:
+            return
+        sim, step = market.sim, market.next_step
+        overlay = self.book.overlay(step, sim.universe.regime_correlations()[sim.regime])
+        sim.set_overlay(overlay.var_scale, overlay.correlation)
+        self._overlay_set = not overlay.neutral
+        corr = overlay.correlation
+        self.overlay = {
+            "var_scale": overlay.var_scale,
+            "correlation": None if corr is None else corr.round(6).tolist(),
+        }
+        self.active_scenarios = self.book.report(step)
+
+    def _record_events(self, done: list[tuple[Command, Event | Exception]]) -> None:
+        """Announce and store the events of a step's commands, before that step's ticks."""
+        for command, outcome in done:
+            if isinstance(outcome, Exception):
+                if not command.done.done():
+                    command.done.set_exception(outcome)
+                continue
+            if not command.done.done():  # else its request gave up waiting; the change happened anyway
+                command.done.set_result(outcome)
+            self.scenario_log.append(outcome)
+            self.hub.announce(orjson.dumps(outcome))
+            self.history.write_event(outcome)
+
+    async def _command(self, kind: str, apply: Callable[[Market], Event]) -> Event:
+        """Queue a change for the engine thread and wait for the event it becomes."""
         if self.market is None:
-            raise RuntimeError("this process runs no engine (role edge)")
-        record = {**scenario.to_dict(), "at_step": self.market.next_step, "ts": time.time_ns()}
-        self._scenarios.append(scenario)
-        self.scenario_log.append(record)
-        self.hub.announce(orjson.dumps(record))
-        return record
+            raise NoEngineError("this process runs no engine (role edge)")
+        done: asyncio.Future[Event] = asyncio.get_running_loop().create_future()
+        self._commands.append(Command(kind, apply, done))
+        return await asyncio.wait_for(asyncio.shield(done), COMMAND_TIMEOUT_S)
+
+    async def inject(self, scenario: Scenario) -> Event:
+        """Apply a (validated) scenario before the next step; returns its event."""
+
+        def apply(market: Market) -> Event:
+            if scenario.kind == "crash":
+                apply_crash(market, scenario)
+            return {"id": self.book.add(scenario, market.next_step), **scenario.to_dict()}
+
+        return await self._command("scenario", apply)
+
+    async def clear_scenarios(self) -> Event:
+        """End every active overlay before the next step (a crash already happened: it stays)."""
+        return await self._command("scenarios_cleared", lambda market: {"cleared": self.book.clear()})
+
+    def simulator_for(self, universe: Universe) -> Simulator:
+        """A simulator of `universe` with this market's settings; raises ValueError naming a bad
+        parameter. Built on the event loop, so the request sees the error; the engine thread then only
+        moves the state into it."""
+        s = self.settings
+        return Simulator(universe, dt=s.dt_years, seed=s.seed, scheme=s.scheme, jumps=s.jumps)
+
+    async def change_params(self, universe: Universe, sim: Simulator, changes: dict[str, Any]) -> Event:
+        """Carry on with `sim` (of `universe`) from the next step; `changes` describes the event."""
+        if self.market is None:
+            raise NoEngineError("this process runs no engine (role edge)")
+        self.universe = universe  # the next change builds on this one even before it is applied
+
+        def apply(market: Market) -> Event:
+            market.replace_simulator(sim)
+            return {"changes": changes}
+
+        return await self._command("params", apply)
 
     async def _engine_loop(self, market: Market) -> None:
         loop = asyncio.get_running_loop()
@@ -162,10 +260,11 @@ class Runtime:
         deadline = time.monotonic()
         while True:
             t0 = time.perf_counter()
-            batch, state = await loop.run_in_executor(self._executor, self._step, market)
+            batch, state, done = await loop.run_in_executor(self._executor, self._step, market)
             self.step_seconds = time.perf_counter() - t0
             self.steps += 1
             self.ticks_generated += len(batch)
+            self._record_events(done)
             self.history.write(batch, state)  # even without ticks: the state moved on (overnight)
             if batch.ticks:  # a closed market, or no trade arrived: nothing for clients, caches or edges
                 if self.settings.serves_clients:

@@ -3,7 +3,9 @@ orjson directly, so these models document the shape without costing a validation
 
 from __future__ import annotations
 
-from pydantic import BaseModel, Field
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
 
 
 class TickModel(BaseModel):
@@ -56,3 +58,33 @@ class SymbolInfo(BaseModel):
 
 class ErrorResponse(BaseModel):
     detail: str = Field(description="what was wrong with the request")
+
+
+class EventModel(BaseModel):
+    """A market event; the other fields depend on `type`."""
+
+    model_config = ConfigDict(extra="allow")
+
+    type: str = Field(description="scenario, scenarios_cleared or params")
+    at_step: int = Field(description="the first engine step it affects (its ticks have seq > at_step)")
+    ts: int = Field(description="when it was applied, ns since the Unix epoch (UTC)")
+
+
+class EventsPage(BaseModel):
+    events: list[EventModel]
+
+
+class ParamsResponse(BaseModel):
+    step: int | None = Field(description="the next engine step (null on an edge)")
+    dt_seconds: float = Field(description="simulated seconds per step")
+    factors: list[str]
+    correlation: list[list[float]] = Field(description="the model's factor correlation")
+    assets: list[dict[str, Any]] = Field(description="per-asset Heston, jump and factor parameters")
+    regimes: list[dict[str, Any]] | None = None
+    regime_rates: list[list[float]] | None = None
+    scenarios: list[dict[str, Any]] = Field(
+        description="active scenarios: `strength` is 1 when injected, 0.5 one half-life later"
+    )
+    overlay: dict[str, Any] = Field(
+        description="what the prices see now: `var_scale` and the factor `correlation` (null: the model's)"
+    )

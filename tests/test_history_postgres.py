@@ -17,6 +17,7 @@ from marketfeed.health import Status
 from marketfeed.history.candles import Interval
 from marketfeed.history.postgres import (
     DAY_NS,
+    DB_ERRORS,
     PostgresHistory,
     choose_timescale,
     migrations_dir,
@@ -141,7 +142,7 @@ def test_migrations_are_idempotent_and_partitions_are_made_ahead(dsn: str) -> No
         await again.start()
         for s in (*stores[1:], again):
             await s.close()
-        assert await count(dsn, "SELECT count(*) FROM schema_migrations") == 2
+        assert await count(dsn, "SELECT count(*) FROM schema_migrations") == 3
         today = time.strftime("%Y%m%d", time.gmtime())
         assert await count(dsn, f"SELECT count(*) FROM pg_class WHERE relname = 'ticks_{today}'") == 1
         parts = await count(dsn, "SELECT count(*) FROM pg_inherits WHERE inhparent = 'ticks'::regclass")
@@ -183,6 +184,50 @@ def test_an_outage_keeps_a_backlog_and_loses_nothing(dsn: str, postgres: Postgre
         assert [t.gseq for t in stored] == list(range(1, 151))  # every tick exactly once
 
     run(dsn, body)
+
+
+def event(step: int, **details: Any) -> dict[str, Any]:
+    return {"type": "scenario", "at_step": step, "ts": T0 + step * 250_000_000, **details}
+
+
+@pytest.mark.integration
+def test_events_go_with_the_ticks_they_precede_even_through_an_outage(
+    dsn: str, postgres: Postgres, tmp_path: Path
+) -> None:
+    written = [event(3, kind="vol_spike", multiplier=2.5), event(7, kind="crash", size=-0.1)]
+
+    async def body(store: PostgresHistory) -> None:
+        store.write_event(written[0])
+        store.write(batch(3))
+        await store.flush()
+        postgres.stop()
+        try:
+            store.write_event(written[1])
+            store.write(batch(7))
+            with pytest.raises(DB_ERRORS):
+                await store.flush()
+        finally:
+            postgres.start()
+        await store.flush()
+        assert await store.events() == written
+        assert await store.events(start_ns=written[1]["ts"]) == written[1:]
+        assert await store.events(end_ns=written[1]["ts"], limit=5) == written[:1]
+
+    run(dsn, body)
+
+    async def lite() -> None:
+        store = SQLiteHistory(tmp_path / "h.sqlite3")
+        await store.start()
+        try:
+            for e in written:
+                store.write_event(e)
+            await store.flush()
+            assert await store.events() == written  # the same answer from both stores
+            assert await store.events(limit=1) == written[:1]
+        finally:
+            await store.close()
+
+    asyncio.run(lite())
 
 
 @pytest.mark.integration
@@ -233,11 +278,16 @@ def test_a_long_outage_spills_to_a_file_and_loses_nothing(
 def test_migration_plan_per_flavour() -> None:
     plain = [m.name for m in plan(migrations_dir(), timescale=False)]
     timescale = [m.name for m in plan(migrations_dir(), timescale=True)]
-    assert plain == ["0001_schema.postgres.sql", "0002_symbol_time_index.postgres.sql"]
+    assert plain == [
+        "0001_schema.postgres.sql",
+        "0002_symbol_time_index.postgres.sql",
+        "0004_events.postgres.sql",
+    ]
     assert timescale == [
         "0001_schema.timescale.sql",
         "0002_candles_1m.timescale.sql",
         "0003_symbol_time_index.timescale.sql",
+        "0004_events.timescale.sql",
     ]
 
 

@@ -17,7 +17,7 @@ from marketfeed.calendar import parse_session
 from marketfeed.config import Settings
 from marketfeed.engine import SECONDS_PER_YEAR, Simulator, SimulatorState
 from marketfeed.market import Arrivals, Market, TradeModel
-from marketfeed.scenarios import Scenario, apply_scenario
+from marketfeed.scenarios import Scenario, apply_crash
 from marketfeed.ticks import Tick
 
 NS = 1_000_000_000
@@ -184,7 +184,7 @@ def test_a_state_with_a_malformed_market_part_is_refused() -> None:
 def test_a_scenario_keeps_the_tick_counters() -> None:
     m = market(dt_seconds=0.5, arrivals=Arrivals.POISSON, trade_rate=2.0)
     ticks = run(m, 100)
-    apply_scenario(m, Scenario(kind="vol_spike", multiplier=2.0))
+    apply_crash(m, Scenario(kind="crash", factor="market", size=-0.1))
     ticks += run(m, 100)
     seqs = [t.seq for t in ticks if t.symbol == "NOVA"]
     assert seqs == list(range(1, len(seqs) + 1))

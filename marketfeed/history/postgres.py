@@ -18,12 +18,13 @@ import contextlib
 import logging
 import re
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
 
 import asyncpg
+import orjson
 
 from marketfeed.health import Health
 from marketfeed.history.candles import Candle, Interval
@@ -48,6 +49,8 @@ PARTITION_LOCK = 0x6D66_7074  # "mfpt": partition DDL, taken by start-up and by 
 DROP_LOG_EVERY_S = 10.0  # an outage drops a batch per engine step: summarise instead of one line each
 
 Record = tuple[int, str, int, int, float, float, float, int, float]
+EventRow = tuple[int, int, str, str]
+INSERT_EVENT = "INSERT INTO events (ts, at_step, type, record) VALUES ($1, $2, $3, $4::jsonb)"
 Conn = asyncpg.Connection | asyncpg.pool.PoolConnectionProxy
 
 #: What a lost or restarting database raises; the writer retries on any of them.
@@ -119,6 +122,10 @@ def partition_day(name: str) -> int | None:
     return calendar.timegm(time.strptime(m[1], "%Y%m%d")) // 86_400 if m else None
 
 
+def event_row(record: Mapping[str, Any]) -> EventRow:
+    return (int(record["ts"]), int(record["at_step"]), str(record["type"]), orjson.dumps(record).decode())
+
+
 def tick_record(t: Tick) -> Record:
     return (t.gseq, t.symbol, t.seq, t.ts, t.price, t.bid, t.ask, t.size, t.vol)
 
@@ -158,6 +165,7 @@ class PostgresHistory:
         self._pending_rows = 0
         self._inflight_rows = 0
         self._state: str | None = None
+        self._events: list[EventRow] = []  # few and small: kept in memory through any outage
         self._wake: asyncio.Event | None = None
         self._task: asyncio.Task[None] | None = None
         self._flush_lock = asyncio.Lock()
@@ -335,6 +343,8 @@ class PostgresHistory:
                 # engine state that goes with them was not stored either, so a restarted engine resumes
                 # before them and generates them again.
                 log.error("could not flush %d pending rows at shutdown: %s", self._pending_rows, exc)
+                if self._events:
+                    log.error("lost %d market events at shutdown: %s", len(self._events), self._events)
                 batches, self._pending, self._pending_rows = self._pending, [], 0
                 for b in batches:
                     self._spill_or_drop(b)
@@ -349,7 +359,7 @@ class PostgresHistory:
             self._pool = None
 
     async def _flush_until_empty(self) -> None:
-        while self._pending:
+        while self._pending or self._events:
             try:
                 await self.flush()
             except DB_ERRORS:
@@ -367,6 +377,10 @@ class PostgresHistory:
             self._spill_or_drop(oldest)
         if self._pending_rows >= self._flush_rows and self._wake is not None:
             self._wake.set()
+
+    def write_event(self, record: Mapping[str, Any]) -> None:
+        # Pending events are committed with the batches written after them, never later.
+        self._events.append(event_row(record))
 
     def _spill_or_drop(self, batch: TickBatch) -> None:
         """Past the in-memory bound, the oldest ticks go to a local file (replayed first when the
@@ -438,10 +452,10 @@ class PostgresHistory:
                 self.write_errors += 1
                 self._error = str(exc) or type(exc).__name__
                 raise
-            if not self._pending:
+            if not self._pending and not self._events:
                 return
-            batches, state = self._pending, self._state
-            self._pending, self._pending_rows, self._state = [], 0, None
+            batches, state, events = self._pending, self._state, self._events
+            self._pending, self._pending_rows, self._state, self._events = [], 0, None, []
             # Rows being written still count as backlog until their transaction commits.
             self._inflight_rows = sum(len(b) for b in batches)
             # Only what is newer than the newest stored row, once per gseq: a re-delivered tick, or one
@@ -453,11 +467,13 @@ class PostgresHistory:
                         unique.setdefault(t.gseq, tick_record(t))
             records = list(unique.values())
             try:
-                await self._commit(records, state, {t[3] // DAY_NS for t in records}, fast=True)
+                days = {t[3] // DAY_NS for t in records}
+                await self._commit(records, state, days, events, fast=True)
             except BaseException as exc:
                 self.write_errors += 1
                 self._error = str(exc) or type(exc).__name__
                 self._pending[:0] = batches  # keep them, in order, for the next attempt
+                self._events[:0] = events
                 self._pending_rows += sum(len(b) for b in batches)
                 if self._state is None:
                     self._state = state
@@ -472,9 +488,15 @@ class PostgresHistory:
             self.write_lag_s = max(0.0, (time.time_ns() - oldest) / 1e9)
 
     async def _commit(
-        self, records: list[Record], state: str | None, days: set[int], *, fast: bool = False
+        self,
+        records: list[Record],
+        state: str | None,
+        days: set[int],
+        events: list[EventRow] | None = None,
+        *,
+        fast: bool = False,
     ) -> None:
-        if not records and state is None:
+        if not records and state is None and not events:
             return
         async with self.pool.acquire() as conn:
             if days and not self.timescale:
@@ -490,7 +512,7 @@ class PostgresHistory:
                     async with conn.transaction():
                         if records:
                             await conn.copy_records_to_table("ticks", records=records, columns=COLUMNS)
-                        await self._save_state(conn, state)
+                        await self._save_state(conn, state, events)
                     return
                 except asyncpg.UniqueViolationError:
                     log.warning("history: some ticks were already stored; writing the rest one by one")
@@ -501,10 +523,13 @@ class PostgresHistory:
                 )
                 await conn.copy_records_to_table("ticks_staging", records=records, columns=COLUMNS)
                 await conn.execute(INSERT_NEW)
-                await self._save_state(conn, state)
+                await self._save_state(conn, state, events)
 
     @staticmethod
-    async def _save_state(conn: Conn, state: str | None) -> None:
+    async def _save_state(conn: Conn, state: str | None, events: list[EventRow] | None) -> None:
+        """The engine state and the events that go with the ticks of the same transaction."""
+        if events:
+            await conn.executemany(INSERT_EVENT, events)
         if state is not None:
             await conn.execute(
                 "INSERT INTO engine_state (id, state, updated) VALUES (1, $1, now()) "
@@ -580,6 +605,17 @@ class PostgresHistory:
             )
             for r in rows
         ]
+
+    async def events(
+        self, *, start_ns: int | None = None, end_ns: int | None = None, limit: int = 1000
+    ) -> list[dict[str, Any]]:
+        rows = await self.pool.fetch(
+            "SELECT record FROM events WHERE ts >= $1 AND ts < $2 ORDER BY id LIMIT $3",
+            start_ns if start_ns is not None else 0,
+            end_ns if end_ns is not None else 2**63 - 1,
+            limit,
+        )
+        return [orjson.loads(r["record"]) for r in rows]
 
     async def load_state(self) -> str | None:
         value = await self.pool.fetchval("SELECT state FROM engine_state WHERE id = 1")

@@ -12,10 +12,12 @@ import logging
 import sqlite3
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
+
+import orjson
 
 from marketfeed.health import Health
 from marketfeed.history.candles import Candle, Interval
@@ -37,6 +39,16 @@ CREATE TABLE IF NOT EXISTS ticks (
 );
 CREATE INDEX IF NOT EXISTS ticks_symbol_gseq ON ticks (symbol, gseq);
 CREATE INDEX IF NOT EXISTS ticks_symbol_ts ON ticks (symbol, ts);
+-- Market events (scenarios, parameter changes) in the order they happened; `record` is the whole
+-- event as JSON, as announced on the streams.
+CREATE TABLE IF NOT EXISTS events (
+    id      INTEGER PRIMARY KEY AUTOINCREMENT,
+    ts      INTEGER NOT NULL,
+    at_step INTEGER NOT NULL,
+    type    TEXT    NOT NULL,
+    record  TEXT    NOT NULL
+);
+CREATE INDEX IF NOT EXISTS events_ts ON events (ts);
 CREATE TABLE IF NOT EXISTS engine_state (
     id      INTEGER PRIMARY KEY CHECK (id = 1),
     state   TEXT    NOT NULL,
@@ -47,6 +59,11 @@ CREATE TABLE IF NOT EXISTS engine_state (
 COLUMNS = "symbol, seq, gseq, ts, price, bid, ask, size, vol"
 
 Row = tuple[str, int, int, int, float, float, float, int, float]
+EventRow = tuple[int, int, str, str]
+
+
+def event_row(record: Mapping[str, Any]) -> EventRow:
+    return (int(record["ts"]), int(record["at_step"]), str(record["type"]), orjson.dumps(record).decode())
 
 
 def tick_row(t: Tick) -> Row:
@@ -69,6 +86,7 @@ class SQLiteHistory:
         self._pending: list[TickBatch] = []
         self._pending_rows = 0
         self._state: str | None = None
+        self._events: list[EventRow] = []
         self._writer = ThreadPoolExecutor(1, thread_name_prefix="sqlite-writer")
         self._readers = ThreadPoolExecutor(2, thread_name_prefix="sqlite-reader")
         self._local = threading.local()
@@ -131,6 +149,10 @@ class SQLiteHistory:
         if self._pending_rows >= self._flush_rows and self._wake is not None:
             self._wake.set()
 
+    def write_event(self, record: Mapping[str, Any]) -> None:
+        # Pending events are committed with the batches written after them, never later.
+        self._events.append(event_row(record))
+
     async def _run(self) -> None:
         if self._wake is None:
             raise RuntimeError("SQLiteHistory._run before start()")
@@ -147,19 +169,20 @@ class SQLiteHistory:
 
     async def flush(self) -> None:
         async with self._flush_lock:
-            if not self._pending:
+            if not self._pending and not self._events:
                 return
-            batches, state = self._pending, self._state
-            self._pending, self._pending_rows, self._state = [], 0, None
+            batches, state, events = self._pending, self._state, self._events
+            self._pending, self._pending_rows, self._state, self._events = [], 0, None, []
             rows = [tick_row(t) for b in batches for t in b.ticks]
             oldest = min((b.ticks[0].ts for b in batches if b.ticks), default=time.time_ns())
             loop = asyncio.get_running_loop()
             try:
-                await loop.run_in_executor(self._writer, self._commit, rows, state)
+                await loop.run_in_executor(self._writer, self._commit, rows, state, events)
             except sqlite3.Error as exc:
                 self.write_errors += 1
                 self._error = str(exc)
                 self._pending[:0] = batches
+                self._events[:0] = events
                 self._pending_rows += len(rows)
                 if self._state is None:
                     self._state = state
@@ -169,12 +192,13 @@ class SQLiteHistory:
             self.flushes += 1
             self.write_lag_s = max(0.0, (time.time_ns() - oldest) / 1e9)
 
-    def _commit(self, rows: list[Row], state: str | None) -> None:
+    def _commit(self, rows: list[Row], state: str | None, events: list[EventRow]) -> None:
         conn = self._wconn
         if conn is None:
             raise sqlite3.OperationalError("history store is not open")
         conn.execute("BEGIN")
         try:
+            conn.executemany("INSERT INTO events (ts, at_step, type, record) VALUES (?,?,?,?)", events)
             conn.executemany(f"INSERT OR IGNORE INTO ticks ({COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?)", rows)
             if state is not None:
                 conn.execute(
@@ -267,6 +291,15 @@ class SQLiteHistory:
             )
             for r in rows
         ]
+
+    async def events(
+        self, *, start_ns: int | None = None, end_ns: int | None = None, limit: int = 1000
+    ) -> list[dict[str, Any]]:
+        rows = await self._query(
+            "SELECT record FROM events WHERE ts >= ? AND ts < ? ORDER BY id LIMIT ?",
+            (start_ns if start_ns is not None else 0, end_ns if end_ns is not None else 2**63 - 1, limit),
+        )
+        return [orjson.loads(r[0]) for r in rows]
 
     async def load_state(self) -> str | None:
         rows = await self._query("SELECT state FROM engine_state WHERE id = 1", ())

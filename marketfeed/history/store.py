@@ -5,12 +5,15 @@ backend batches them (flush every `flush_ms` or `flush_rows`, whichever first) a
 everything pending. Re-delivered ticks (same gseq) never duplicate rows.
 
 The engine's state is stored with the ticks, in the same transaction, so a restarted server resumes
-the path exactly after the last tick it stored.
+the path exactly after the last tick it stored. Market events (scenarios, parameter changes) are
+stored the same way: in the transaction of the first batch written after them (or an earlier one),
+so an event of step k is visible no later than the ticks of step k.
 """
 
 from __future__ import annotations
 
-from typing import Protocol
+from collections.abc import Mapping
+from typing import Any, Protocol
 
 from marketfeed.health import Health
 from marketfeed.history.candles import Candle, Interval
@@ -28,6 +31,9 @@ class HistoryStore(Protocol):
 
     def write(self, batch: TickBatch, state: str | None = None) -> None:
         """Enqueue a batch (and the engine state after it) for the background writer. Never blocks."""
+
+    def write_event(self, record: Mapping[str, Any]) -> None:
+        """Enqueue an event `{"type", "at_step", "ts", ...}`, written with the next batch. Never blocks."""
 
     async def flush(self) -> None:
         """Write everything enqueued so far before returning."""
@@ -48,6 +54,12 @@ class HistoryStore(Protocol):
         self, *, symbol: str, interval: Interval, start_ns: int | None, end_ns: int | None, limit: int
     ) -> list[Candle]:
         """OHLCV buckets of one symbol, oldest first, computed from the stored ticks."""
+        ...
+
+    async def events(
+        self, *, start_ns: int | None = None, end_ns: int | None = None, limit: int = 1000
+    ) -> list[dict[str, Any]]:
+        """Event records in the order they happened, with start_ns <= ts < end_ns."""
         ...
 
     async def load_state(self) -> str | None:
