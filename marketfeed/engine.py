@@ -514,8 +514,13 @@ class Simulator:
         """Continue from a saved state. The universe, seed, scheme and dt must be the same."""
         if state.symbols and state.symbols != self.symbols:
             raise ValueError("state: its symbols differ from this simulator's universe")
-        if (state.seed, state.scheme, state.dt) != (self.seed, self.scheme.value, self.dt):
-            raise ValueError("state: seed, scheme and dt must match the simulator's")
+        mine = {"seed": self.seed, "scheme": self.scheme.value, "dt": self.dt}
+        theirs = {"seed": state.seed, "scheme": state.scheme, "dt": state.dt}
+        differ = [f"{k} {theirs[k]!r}, not {mine[k]!r}" for k in mine if theirs[k] != mine[k]]
+        if differ:
+            raise ValueError(
+                f"state: seed, scheme and dt must match the simulator's (it has {'; '.join(differ)})"
+            )
         if len(state.log_prices) != self.n_assets or len(state.variances) != self.n_assets:
             raise ValueError("state: one log-price and one variance per asset are required")
         if len(state.lift_factors) != len(self._engine.state()[5]):

@@ -164,7 +164,9 @@ async def model(request: Request) -> Response:
         {
             "schema_version": SCHEMA_VERSION,
             "seed": s.seed,
-            "scheme": s.scheme.value,
+            # The scheme in use: a universe with rough assets runs the lifted scheme whatever was asked.
+            "scheme": rt.market.sim.scheme.value if rt.market else s.scheme.value,
+            "rough_factors": s.rough_factors,
             "jumps": s.jumps,
             "tick_rate": s.tick_rate,
             "speed": s.speed,

@@ -240,7 +240,14 @@ class Runtime:
         parameter. Built on the event loop, so the request sees the error; the engine thread then only
         moves the state into it."""
         s = self.settings
-        return Simulator(universe, dt=s.dt_years, seed=s.seed, scheme=s.scheme, jumps=s.jumps)
+        return Simulator(
+            universe,
+            dt=s.dt_years,
+            seed=s.seed,
+            scheme=s.scheme,
+            jumps=s.jumps,
+            rough_factors=s.rough_factors,
+        )
 
     async def change_params(self, universe: Universe, sim: Simulator, changes: dict[str, Any]) -> Event:
         """Carry on with `sim` (of `universe`) from the next step; `changes` describes the event."""

@@ -154,3 +154,26 @@ def test_a_history_file_from_another_market_is_refused(server_factory: ServerFac
     second.workdir = first.workdir  # same history file, another seed
     with pytest.raises(RuntimeError, match="another market"):
         second.start(timeout=10)
+
+
+def test_a_rough_market_runs_the_lifted_scheme_and_resumes_it(server_factory: ServerFactory) -> None:
+    server = server_factory(hurst=0.1, tick_rate=20).start()
+    model = httpx.get(server.url + "/model").json()
+    assert model["scheme"] == "lifted"
+    assert model["rough_factors"] == 20
+    assert {a["hurst"] for a in model["assets"]} == {0.1}
+    time.sleep(1.0)
+    first = all_ticks(server, "NOVA")
+    assert len(first) >= 10
+    assert all(t["vol"] > 0 for t in first)
+    server.stop()
+    server.start()  # the lifted factors were stored with the engine state: the path carries on
+    time.sleep(0.5)
+    seqs = [t["seq"] for t in all_ticks(server, "NOVA", page=1000)]
+    assert seqs == list(range(1, len(seqs) + 1))
+    assert len(seqs) > len(first)
+    # The same history opened as a classical Heston market is refused, naming the mismatch.
+    server.stop()
+    classical = ServerProcess(workdir=server.workdir)
+    with pytest.raises(RuntimeError, match="lifted"):
+        classical.start(timeout=10)

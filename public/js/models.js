@@ -23,6 +23,7 @@ async function main() {
     cell(tr, Math.sqrt(a.theta).toFixed(3));
     cell(tr, a.xi.toFixed(2));
     cell(tr, a.rho.toFixed(2));
+    cell(tr, a.hurst.toFixed(2));
     cell(tr, a.betas.map((b) => b.toFixed(1)).join(" "));
     cell(tr, 2 * a.kappa * a.theta >= a.xi * a.xi ? "yes" : "no");
     tbody.appendChild(tr);
