@@ -100,34 +100,55 @@ def test_round_trip_dedup_pages_filters_and_state(dsn: str) -> None:
 
 @pytest.mark.integration
 def test_candles_equal_the_sqlite_stores(dsn: str, tmp_path: Path) -> None:
+    # SQLite aggregates the ticks at query time; PostgreSQL reads one-minute rows kept by the writer,
+    # merged across flushes that split minutes, and across a second writer whose overlapping rows take
+    # the checked path. Both must give the same candles, also for ranges that cut minutes in two.
     async def scenario() -> None:
-        pg = PostgresHistory(dsn)
+        pg, other = PostgresHistory(dsn), PostgresHistory(dsn)
         lite = SQLiteHistory(tmp_path / "h.sqlite3")
-        await pg.start()
-        await lite.start()
+        for store in (pg, other, lite):
+            await store.start()
         try:
-            for step in range(1000):  # 250 s of ticks: several minutes, hundreds of seconds
-                for store in (pg, lite):
-                    store.write(batch(step))
+            for step in range(800):  # 200 s of ticks: several minutes, hundreds of seconds
+                lite.write(batch(step))
+                if step < 700:
+                    pg.write(batch(step))
+                if step >= 600:  # `other` started before any of these: it has not seen 600..699 stored
+                    other.write(batch(step))
+                if step % 97 == 0:
+                    await pg.flush()
             await pg.flush()
+            await other.flush()
             await lite.flush()
-            for interval in (Interval.S1, Interval.M1, Interval.M5, Interval.H1):
-                for symbol in SYMBOLS:
-                    a = await pg.candles(
-                        symbol=symbol, interval=interval, start_ns=None, end_ns=None, limit=5000
-                    )
-                    b = await lite.candles(
-                        symbol=symbol, interval=interval, start_ns=None, end_ns=None, limit=5000
-                    )
-                    assert len(a) == len(b) > 0
-                    for x, y in zip(a, b, strict=True):
-                        assert (x.start, x.open, x.high, x.low, x.close, x.volume, x.trades) == (
-                            y.start, y.open, y.high, y.low, y.close, y.volume, y.trades,
-                        )  # fmt: skip
-                        assert x.vwap == pytest.approx(y.vwap, rel=1e-12)  # summation order may differ
+            assert await count(dsn) == 800 * len(SYMBOLS)
+            minute = 60_000_000_000
+            windows = [
+                (None, None),
+                (T0 + 37_300_000_000, T0 + 181_700_000_000),
+                (T0 + minute, T0 + 3 * minute),
+            ]
+            for interval in (Interval.S1, Interval.M1, Interval.M5, Interval.H1, Interval.D1):
+                for start, end in windows:
+                    for symbol in SYMBOLS:
+                        a = await pg.candles(
+                            symbol=symbol, interval=interval, start_ns=start, end_ns=end, limit=5000
+                        )
+                        b = await lite.candles(
+                            symbol=symbol, interval=interval, start_ns=start, end_ns=end, limit=5000
+                        )
+                        assert len(a) == len(b) > 0
+                        for x, y in zip(a, b, strict=True):
+                            assert (x.start, x.open, x.high, x.low, x.close, x.volume, x.trades) == (
+                                y.start, y.open, y.high, y.low, y.close, y.volume, y.trades,
+                            )  # fmt: skip
+                            assert x.vwap == pytest.approx(y.vwap, rel=1e-12)  # summation order may differ
+            limited = await pg.candles(
+                symbol="AAA", interval=Interval.M1, start_ns=None, end_ns=None, limit=2
+            )
+            assert [c.start for c in limited] == [T0, T0 + minute]
         finally:
-            await pg.close()
-            await lite.close()
+            for store in (pg, other, lite):
+                await store.close()
 
     asyncio.run(scenario())
 
@@ -142,7 +163,7 @@ def test_migrations_are_idempotent_and_partitions_are_made_ahead(dsn: str) -> No
         await again.start()
         for s in (*stores[1:], again):
             await s.close()
-        assert await count(dsn, "SELECT count(*) FROM schema_migrations") == 3
+        assert await count(dsn, "SELECT count(*) FROM schema_migrations") == 4
         today = time.strftime("%Y%m%d", time.gmtime())
         assert await count(dsn, f"SELECT count(*) FROM pg_class WHERE relname = 'ticks_{today}'") == 1
         parts = await count(dsn, "SELECT count(*) FROM pg_inherits WHERE inhparent = 'ticks'::regclass")
@@ -282,6 +303,7 @@ def test_migration_plan_per_flavour() -> None:
         "0001_schema.postgres.sql",
         "0002_symbol_time_index.postgres.sql",
         "0004_events.postgres.sql",
+        "0005_candles_1m.postgres.sql",
     ]
     assert timescale == [
         "0001_schema.timescale.sql",

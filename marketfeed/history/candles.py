@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
@@ -40,6 +41,22 @@ class Candle:
     trades: int  #: number of ticks
     vwap: float  #: volume-weighted average price
 
+    @classmethod
+    def of(
+        cls,
+        start: int,
+        open: float,
+        high: float,
+        low: float,
+        close: float,
+        volume: int,
+        trades: int,
+        pv: float,
+    ) -> Candle:
+        """From a bucket's aggregates; pv is the sum of price times size."""
+        volume = int(volume)
+        return cls(start, open, high, low, close, volume, int(trades), pv / volume if volume else close)
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "start": self.start,
@@ -52,3 +69,29 @@ class Candle:
             "trades": self.trades,
             "vwap": round(self.vwap, 6),
         }
+
+
+#: A bucket's aggregates as stores compute them: (start, open, high, low, close, volume, trades, pv),
+#: pv being the sum of price times size (so buckets add up; the vwap is pv / volume).
+Bucket = Sequence[Any]
+
+
+def merge_buckets(buckets: Iterable[Bucket], interval_ns: int, limit: int) -> list[Candle]:
+    """Candles of `interval_ns` from finer buckets in time order (one-minute ones into an hour, say):
+    the first bucket's open, the last one's close, the extremes, and the sums."""
+    out: list[Candle] = []
+    acc: list[Any] | None = None
+    for b in buckets:
+        start = b[0] // interval_ns * interval_ns
+        if acc is not None and acc[0] == start:
+            acc[2], acc[3], acc[4] = max(acc[2], b[2]), min(acc[3], b[3]), b[4]
+            acc[5], acc[6], acc[7] = acc[5] + b[5], acc[6] + b[6], acc[7] + b[7]
+            continue
+        if acc is not None:
+            out.append(Candle.of(*acc))
+            if len(out) == limit:
+                return out
+        acc = [start, b[1], b[2], b[3], b[4], int(b[5]), int(b[6]), b[7]]
+    if acc is not None and len(out) < limit:
+        out.append(Candle.of(*acc))
+    return out

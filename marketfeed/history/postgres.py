@@ -27,7 +27,7 @@ import asyncpg
 import orjson
 
 from marketfeed.health import Health
-from marketfeed.history.candles import Candle, Interval
+from marketfeed.history.candles import Bucket, Candle, Interval, merge_buckets
 from marketfeed.ticks import SymbolSet, Tick, TickBatch
 
 log = logging.getLogger(__name__)
@@ -43,6 +43,7 @@ def migrations_dir() -> Path:
 
 
 COLUMNS = ("gseq", "symbol", "seq", "ts", "price", "bid", "ask", "size", "vol")
+TICK_FIELDS = ("symbol", "seq", "gseq", "ts", "price", "bid", "ask", "size", "vol")
 DAY_NS = 86_400 * 1_000_000_000
 MIGRATION_LOCK = 0x6D66_6462  # "mfdb": any constant shared by every marketfeed process
 PARTITION_LOCK = 0x6D66_7074  # "mfpt": partition DDL, taken by start-up and by the writer
@@ -64,12 +65,42 @@ DB_ERRORS = (
 
 # A tick already stored (same gseq: re-delivered, or regenerated after a restart) is skipped, so rows
 # are never duplicated, even with another timestamp (which the primary key alone would allow).
-INSERT_NEW = (
+_INSERT_NEW = (
     f"INSERT INTO ticks ({', '.join(COLUMNS)}) "
     f"SELECT DISTINCT ON (s.gseq) {', '.join('s.' + c for c in COLUMNS)} FROM ticks_staging s "
     "WHERE NOT EXISTS (SELECT 1 FROM ticks t WHERE t.symbol = s.symbol AND t.gseq = s.gseq) "
     "ORDER BY s.gseq ON CONFLICT DO NOTHING"
 )
+INSERT_NEW = _INSERT_NEW
+
+MINUTE_NS = 60_000_000_000
+# The one-minute candles of a set of new ticks (`new`), merged into those already stored: a minute
+# split over two writes keeps the earlier open and the later close, by gseq.
+_MINUTES_OF = """
+    INSERT INTO candles_1m
+    SELECT symbol, ts / 60000000000 * 60000000000,
+           (array_agg(price ORDER BY gseq))[1], max(price), min(price),
+           (array_agg(price ORDER BY gseq DESC))[1],
+           sum(size), count(*), sum(price * size), min(gseq), max(gseq)
+    FROM new
+    GROUP BY 1, 2
+    ON CONFLICT (symbol, start) DO UPDATE SET
+        open = CASE WHEN excluded.first_gseq < candles_1m.first_gseq
+                    THEN excluded.open ELSE candles_1m.open END,
+        close = CASE WHEN excluded.last_gseq > candles_1m.last_gseq
+                     THEN excluded.close ELSE candles_1m.close END,
+        high = greatest(candles_1m.high, excluded.high),
+        low = least(candles_1m.low, excluded.low),
+        volume = candles_1m.volume + excluded.volume,
+        trades = candles_1m.trades + excluded.trades,
+        pv = candles_1m.pv + excluded.pv,
+        first_gseq = least(candles_1m.first_gseq, excluded.first_gseq),
+        last_gseq = greatest(candles_1m.last_gseq, excluded.last_gseq)
+"""
+#: After a direct COPY: the new rows are exactly those past the newest gseq stored before it.
+MINUTES_AFTER_COPY = "WITH new AS (SELECT * FROM ticks WHERE gseq > $1)" + _MINUTES_OF
+#: The checked path: the rows the insert actually added.
+INSERT_NEW_WITH_MINUTES = f"WITH new AS ({_INSERT_NEW} RETURNING *)" + _MINUTES_OF
 
 
 @dataclass(frozen=True)
@@ -130,13 +161,6 @@ def tick_record(t: Tick) -> Record:
     return (t.gseq, t.symbol, t.seq, t.ts, t.price, t.bid, t.ask, t.size, t.vol)
 
 
-def record_tick(r: asyncpg.Record) -> Tick:
-    return Tick(
-        symbol=r["symbol"], seq=r["seq"], gseq=r["gseq"], ts=r["ts"], price=r["price"], bid=r["bid"],
-        ask=r["ask"], size=r["size"], vol=r["vol"],
-    )  # fmt: skip
-
-
 class PostgresHistory:
     name = "postgres"
 
@@ -187,6 +211,11 @@ class PostgresHistory:
         self.write_lag_s = 0.0
 
     # --- lifecycle -------------------------------------------------------------------------------
+    @property
+    def keeps_minutes(self) -> bool:
+        """Whether the writer maintains candles_1m (TimescaleDB maintains its own, as an aggregate)."""
+        return not self.timescale
+
     @property
     def pool(self) -> asyncpg.Pool:
         if self._pool is None:
@@ -328,6 +357,7 @@ class PostgresHistory:
                     self._partitions.discard(day)
                     log.info("retention: dropped partition %s", r["relname"])
             await conn.execute("DELETE FROM ticks_default WHERE ts < $1", cutoff * DAY_NS)
+            await conn.execute("DELETE FROM candles_1m WHERE start < $1", cutoff * DAY_NS)
 
     async def close(self) -> None:
         if self._task is not None:
@@ -512,6 +542,8 @@ class PostgresHistory:
                     async with conn.transaction():
                         if records:
                             await conn.copy_records_to_table("ticks", records=records, columns=COLUMNS)
+                            if self.keeps_minutes:
+                                await conn.execute(MINUTES_AFTER_COPY, self._max_gseq)
                         await self._save_state(conn, state, events)
                     return
                 except asyncpg.UniqueViolationError:
@@ -522,7 +554,7 @@ class PostgresHistory:
                     "(LIKE ticks INCLUDING DEFAULTS) ON COMMIT DELETE ROWS"
                 )
                 await conn.copy_records_to_table("ticks_staging", records=records, columns=COLUMNS)
-                await conn.execute(INSERT_NEW)
+                await conn.execute(INSERT_NEW_WITH_MINUTES if self.keeps_minutes else INSERT_NEW)
                 await self._save_state(conn, state, events)
 
     @staticmethod
@@ -562,14 +594,46 @@ class PostgresHistory:
             args.append(end_ns)
             where.append(f"ts < ${len(args)}")
         args.append(limit)
-        columns, conditions = ", ".join(COLUMNS), " AND ".join(where)
+        # Selected in Tick's field order: Tick(*row) is the cheapest way to 10,000 objects.
+        columns, conditions = ", ".join(TICK_FIELDS), " AND ".join(where)
         sql = f"SELECT {columns} FROM ticks WHERE {conditions} ORDER BY gseq LIMIT ${len(args)}"
         rows = await self.pool.fetch(sql, *args)
-        return [record_tick(r) for r in rows]
+        return [Tick(*r) for r in rows]
 
     async def candles(
         self, *, symbol: str, interval: Interval, start_ns: int | None, end_ns: int | None, limit: int
     ) -> list[Candle]:
+        lo = start_ns if start_ns is not None else 0
+        hi = end_ns if end_ns is not None else 2**63 - 1
+        if interval.nanoseconds % MINUTE_NS:
+            return [
+                Candle.of(*r)
+                for r in await self._aggregate_ticks(symbol, interval.nanoseconds, lo, hi, limit)
+            ]
+        # Whole minutes come from candles_1m; the part-minutes at either end of the range (a range
+        # need not start on a minute) from the ticks. Then minutes are merged into the interval.
+        first = min(-(-lo // MINUTE_NS) * MINUTE_NS, hi)
+        last = max(hi // MINUTE_NS * MINUTE_NS, first)
+        minutes: list[Bucket] = []
+        if lo < first:
+            minutes += await self._aggregate_ticks(symbol, MINUTE_NS, lo, first, 1)
+        rows = await self.pool.fetch(
+            "SELECT start, open, high, low, close, volume, trades, pv FROM candles_1m"
+            " WHERE symbol = $1 AND start >= $2 AND start < $3 ORDER BY start LIMIT $4",
+            symbol,
+            first,
+            last,
+            (limit + 1) * (interval.nanoseconds // MINUTE_NS),
+        )
+        minutes += [tuple(r) for r in rows]
+        if last < hi:
+            minutes += await self._aggregate_ticks(symbol, MINUTE_NS, last, hi, 1)
+        return merge_buckets(minutes, interval.nanoseconds, limit)
+
+    async def _aggregate_ticks(
+        self, symbol: str, interval_ns: int, lo: int, hi: int, limit: int
+    ) -> list[Bucket]:
+        """(start, open, high, low, close, volume, trades, pv) per bucket, straight from the ticks."""
         # The same definition as the SQLite store: first and last trade by gseq per bucket.
         rows = await self.pool.fetch(
             """
@@ -586,25 +650,13 @@ class PostgresHistory:
             JOIN ticks c ON c.symbol = $2 AND c.gseq = b.g1
             ORDER BY b.k LIMIT $5
             """,
-            interval.nanoseconds,
+            interval_ns,
             symbol,
-            start_ns if start_ns is not None else 0,
-            end_ns if end_ns is not None else 2**63 - 1,
+            lo,
+            hi,
             limit,
         )
-        return [
-            Candle(
-                start=r["start"],
-                open=r["open"],
-                high=r["hi"],
-                low=r["lo"],
-                close=r["close"],
-                volume=int(r["volume"]),
-                trades=r["n"],
-                vwap=r["pv"] / int(r["volume"]) if r["volume"] else r["close"],
-            )
-            for r in rows
-        ]
+        return [tuple(r) for r in rows]
 
     async def events(
         self, *, start_ns: int | None = None, end_ns: int | None = None, limit: int = 1000
