@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import operator
 import sqlite3
 import threading
 import time
@@ -66,8 +67,9 @@ def event_row(record: Mapping[str, Any]) -> EventRow:
     return (int(record["ts"]), int(record["at_step"]), str(record["type"]), orjson.dumps(record).decode())
 
 
-def tick_row(t: Tick) -> Row:
-    return (t.symbol, t.seq, t.gseq, t.ts, t.price, t.bid, t.ask, t.size, t.vol)
+#: Tick -> Row. attrgetter builds the tuple in C: at 100,000s of rows a second a Python function per
+#: row is a visible share of the writer's time.
+tick_row = operator.attrgetter("symbol", "seq", "gseq", "ts", "price", "bid", "ask", "size", "vol")
 
 
 def row_tick(r: Sequence[Any]) -> Tick:
@@ -115,6 +117,9 @@ class SQLiteHistory:
         # NORMAL in WAL mode is durable across application crashes; only an OS crash can lose the
         # last commits, which the engine would then regenerate from its stored state.
         conn.execute("PRAGMA synchronous=NORMAL")
+        # Each tick goes into the table and two indexes; a larger page cache (64 MiB instead of 2) keeps
+        # their hot leaves in memory: about +10 % ingest (bench/ingest.py).
+        conn.execute("PRAGMA cache_size=-65536")
         conn.executescript(SCHEMA)
         self._wconn = conn
 
@@ -173,7 +178,7 @@ class SQLiteHistory:
                 return
             batches, state, events = self._pending, self._state, self._events
             self._pending, self._pending_rows, self._state, self._events = [], 0, None, []
-            rows = [tick_row(t) for b in batches for t in b.ticks]
+            rows: list[Row] = [tick_row(t) for b in batches for t in b.ticks]
             oldest = min((b.ticks[0].ts for b in batches if b.ticks), default=time.time_ns())
             loop = asyncio.get_running_loop()
             try:
