@@ -95,6 +95,7 @@ class _Server(uvicorn.Server):
 
 def serve(settings: Settings) -> None:
     from marketfeed.app import create_app
+    from marketfeed.runtime import quiet_garbage_collector
 
     app = create_app(settings)
     config = uvicorn.Config(
@@ -108,6 +109,8 @@ def serve(settings: Settings) -> None:
         log_level=settings.log_level,
         timeout_graceful_shutdown=5,
     )
+    if settings.gc_full_seconds:
+        quiet_garbage_collector()
     _Server(config).run()
 
 

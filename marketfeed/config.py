@@ -109,6 +109,13 @@ class Settings(BaseSettings):
         20.0, gt=0, description="WebSocket messages a connection may send per second (burst: 5x)"
     )
 
+    gc_full_seconds: float = Field(
+        600.0,
+        ge=0,
+        description="seconds between full garbage collections; 0 = Python's automatic collector "
+        "(which under load pauses the server for 100 ms or more every few seconds)",
+    )
+
     # --- access ----------------------------------------------------------------------------------
     api_keys: Annotated[list[str], NoDecode] = Field(
         default_factory=list, description="comma-separated keys for streams and history (default: open)"
