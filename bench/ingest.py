@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import gc
 import sqlite3
 import statistics
 import sys
@@ -31,6 +30,7 @@ import asyncpg
 from marketfeed.history.candles import Interval
 from marketfeed.history.postgres import PostgresHistory
 from marketfeed.history.sqlite import SQLiteHistory
+from marketfeed.runtime import quiet_garbage_collector
 from marketfeed.ticks import Tick, TickBatch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
@@ -181,7 +181,7 @@ async def main_async(args: argparse.Namespace) -> None:
         # The ingest data (millions of Tick objects) would otherwise stay alive through the queries,
         # and a full garbage collection over them lands in a query now and then (~400 ms here).
         data.clear()
-        gc.collect()
+        quiet_garbage_collector()  # and the queries run under the server's collector settings
         candle_ms, page_ms = await queries(
             await asyncio.to_thread(server.create_database, "queries"), args.rows, args.repeat
         )
