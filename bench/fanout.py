@@ -3,13 +3,16 @@
     .venv/bin/python bench/fanout.py                      # WebSocket, 10 / 100 / 1,000 clients
     .venv/bin/python bench/fanout.py --transport sse
     .venv/bin/python bench/fanout.py --quick              # a tiny run (the test suite uses it)
+    .venv/bin/python bench/fanout.py --edges 2            # engine + 2 edge processes over Kafka
 
 The server runs the real engine with a universe of `--symbols` symbols at `--rate` steps a second, so
 every client subscribed to everything receives one frame of `--symbols` ticks per step. Latency is
 engine-to-client: the receive time minus the tick's own `ts`. The baseline (bench/bare_server.py) is
 the least a server can do: one shared pre-encoded frame per step and one send per client. The load
 generator runs in `--procs` client processes on the same machine, so both servers share the cores
-with it alike.
+with it alike. With `--edges N` the engine runs alone (role engine) and publishes to a local Kafka
+broker, N edge processes (role edge) consume it and serve the clients, split evenly between them:
+the scale-out layout, measured in aggregate, latency still from the engine's timestamp.
 """
 
 from __future__ import annotations
@@ -200,8 +203,15 @@ class Result:
 
 
 def measure(
-    url: str, transport: str, clients: int, procs: int, seconds: float, warmup: float, stall: int = 0
+    url: str | list[str],
+    transport: str,
+    clients: int,
+    procs: int,
+    seconds: float,
+    warmup: float,
+    stall: int = 0,
 ) -> Result:
+    urls = [url] if isinstance(url, str) else url  # load process i talks to urls[i % len(urls)]
     ctx = mp.get_context("spawn")
     queue = ctx.Queue()
     start = time.time() + 1.0 + clients / 500  # time for every process to connect its clients
@@ -209,7 +219,7 @@ def measure(
     workers = [
         ctx.Process(
             target=load_process,
-            args=(url, transport, n, start, seconds, warmup, stall if i == 0 else 0, queue),
+            args=(urls[i % len(urls)], transport, n, start, seconds, warmup, stall if i == 0 else 0, queue),
         )
         for i, n in enumerate(per)
         if n
@@ -249,17 +259,23 @@ class Server:
         self.proc.wait(30)
 
 
-def marketfeed_server(args: argparse.Namespace, workdir: Path) -> tuple[Server, str, str]:
+def marketfeed_server(
+    args: argparse.Namespace, workdir: Path, extra: dict[str, str] | None = None
+) -> tuple[Server, str, str]:
     port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MARKETFEED_")} | {
-        "MARKETFEED_PORT": str(port),
-        "MARKETFEED_TICK_RATE": str(args.rate),
-        "MARKETFEED_UNIVERSE": str(universe_file(args.symbols, workdir)),
-        "MARKETFEED_HISTORY_PATH": str(workdir / f"history-{port}.sqlite3"),
-        "MARKETFEED_MAX_CONNECTIONS_PER_IP": "100000",
-        "MARKETFEED_SLOW_CLIENT_SECONDS": "5",
-        "MARKETFEED_LOG_LEVEL": "warning",
-    }
+    env = (
+        (extra or {})
+        | {k: v for k, v in os.environ.items() if not k.startswith("MARKETFEED_")}
+        | {
+            "MARKETFEED_PORT": str(port),
+            "MARKETFEED_TICK_RATE": str(args.rate),
+            "MARKETFEED_UNIVERSE": str(universe_file(args.symbols, workdir)),
+            "MARKETFEED_HISTORY_PATH": str(workdir / f"history-{port}.sqlite3"),
+            "MARKETFEED_MAX_CONNECTIONS_PER_IP": "100000",
+            "MARKETFEED_SLOW_CLIENT_SECONDS": "5",
+            "MARKETFEED_LOG_LEVEL": "warning",
+        }
+    )
     server = Server([sys.executable, "-m", "marketfeed", "serve"], env, port)
     time.sleep(0.5)
     return server, f"ws://127.0.0.1:{port}/stream/ws", f"http://127.0.0.1:{port}/stream/sse"
@@ -298,6 +314,7 @@ def main() -> None:
     p.add_argument("--warmup", type=float, default=2.0)
     p.add_argument("--procs", type=int, default=2, help="load-generator processes")
     p.add_argument("--no-stall", action="store_true", help="skip the one-stalled-client run")
+    p.add_argument("--edges", type=int, default=0, help="N edge processes behind an engine, over Kafka")
     p.add_argument("--quick", action="store_true", help="tiny configuration for the test suite")
     args = p.parse_args()
     if args.quick:
@@ -318,6 +335,9 @@ def main() -> None:
     print(
         f"{'server':<22}{'clients':>8}{'frames/s':>12}{'ticks/s':>14}{'p50 ms':>10}{'p99 ms':>10}{'ratio':>8}"
     )
+    if args.edges:
+        scale_out(args, counts)
+        return
     with tempfile.TemporaryDirectory() as tmp:
         for n in counts:
             base = None
@@ -341,6 +361,44 @@ def main() -> None:
                     )
             finally:
                 server.close()
+
+
+def scale_out(args: argparse.Namespace, counts: list[int]) -> None:
+    """One engine process and `args.edges` edge processes over a local Kafka broker."""
+    import shutil
+
+    sys.path.insert(0, str(ROOT / "tests"))
+    from services import Kafka, kafka_libs, workdir
+
+    libs, java = kafka_libs(), shutil.which("java")
+    if libs is None or java is None:
+        print("kafka: jars or java missing (sudo bash .ci/install-services.sh); skipped")
+        return
+    broker = Kafka(workdir("bench-fanout-kafka"), free_port(), libs, java)
+    broker.format()
+    broker.start(timeout=90)
+    servers: list[Server] = []
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            kafka = {"MARKETFEED_KAFKA": broker.bootstrap, "MARKETFEED_KAFKA_PARTITIONS": "2"}
+            engine, _, _ = marketfeed_server(args, Path(tmp), kafka | {"MARKETFEED_ROLE": "engine"})
+            servers.append(engine)
+            urls = []
+            for _ in range(args.edges):
+                edge, ws_url, sse_url = marketfeed_server(
+                    args, Path(tmp), kafka | {"MARKETFEED_ROLE": "edge"}
+                )
+                servers.append(edge)
+                urls.append(ws_url if args.transport == "ws" else sse_url)
+            procs = max(args.procs, args.edges)
+            for n in counts:
+                r = measure(urls, args.transport, n, procs, args.seconds, args.warmup)
+                print(row(f"engine + {args.edges} edges", r))
+    finally:
+        for server in servers:
+            server.close()
+        broker.stop()
+        broker.kill()
 
 
 if __name__ == "__main__":
