@@ -5,7 +5,7 @@
 //   variance shock  B_i = rho_i W_i + sqrt(1 - rho_i^2) p_i          (corr(W_i, B_i) = rho_i)
 //
 // and then either full-truncation Euler, Andersen's QE with martingale correction, or, for rough
-// volatility, Abi Jaber's lifted Heston (see lifted_block). For QE the
+// volatility, Abi Jaber's lifted Heston (see euler_block). For QE the
 // price needs a normal independent of the variance shock: Z_i = sqrt(1 - rho_i^2) W_i - rho_i p_i is
 // exactly that, and rho_i B_i + sqrt(1 - rho_i^2) Z_i gives back W_i, so both schemes see the same
 // factor-driven price shock. State is kept in structure-of-arrays form; every loop over assets is
@@ -117,9 +117,10 @@ class Engine {
                  const std::vector<double>& f, std::size_t regime, const std::vector<double>& u) {
     if (x.size() != p_.n_assets || v.size() != p_.n_assets || f.size() != p_.n_factors)
       throw std::invalid_argument("state arrays do not match the universe's shape");
-    if (u.size() != u_.size()) throw std::invalid_argument("lift factors do not match the lifted scheme's shape");
-    u_ = u;
+    if (u.size() != u_.size())
+      throw std::invalid_argument("state: its lifted-scheme factors do not match this simulator's");
     if (regime >= p_.n_regimes) throw std::invalid_argument("regime out of range");
+    u_ = u;
     step_ = step;
     x_ = x;
     v_ = v;
@@ -307,42 +308,24 @@ class Engine {
       else
         qe_block<false, false>(b, m, s);
     } else if (p_.scheme == Scheme::Euler) {
-      euler_block(b, m, s);
+      euler_block<false>(b, m, s);
     } else {
-      lifted_block(b, m, s);
+      euler_block<true>(b, m, s);
     }
     if (jumps_) jump_block(b, m, s);
   }
 
-  void euler_block(std::size_t b, std::size_t m, Scratch& s) {
-    double* __restrict x = &x_[b];
-    double* __restrict v = &v_[b];
-    const double* w = s.w.data();
-    const float* zi = s.z_idio.data();
-    const float* zp = s.z_perp.data();
-    const double *idio = &p_.idio[b], *rho = &rho_[b], *rc = &rc_[b], *mu = &mudt_[b],
-                 *kap = &kdt_[b], *th = &p_.theta[b], *xi = &p_.xi[b];
-    const double dt = p_.dt, g = var_scale_, sg = std::sqrt(var_scale_);
-#pragma omp simd
-    for (std::size_t j = 0; j < m; ++j) {
-      const double ws = w[j] + idio[j] * static_cast<double>(zi[j]);
-      const double wv = rho[j] * ws + rc[j] * static_cast<double>(zp[j]);
-      const double vp = v[j] > 0.0 ? v[j] : 0.0;  // full truncation: v+ in drift and diffusion
-      const double sq = std::sqrt(vp * dt);
-      x[j] += mu[j] - 0.5 * g * vp * dt + sg * sq * ws;
-      v[j] += kap[j] * (th[j] - vp) + xi[j] * sq * wv;
-    }
-  }
-
-  // Lifted Heston (Abi Jaber 2019): the fractional kernel t^(H-1/2) / Gamma(H+1/2) of rough Heston is
-  // replaced by sum_l c_l exp(-x_l t), so V = v0 + sum_l c_l U_l with
+  // Full-truncation Euler. kLifted: Abi Jaber's lifted Heston (2019) for rough volatility, which
+  // shares the price step and the variance increment. The fractional kernel t^(H-1/2) / Gamma(H+1/2)
+  // of rough Heston is replaced by sum_l c_l exp(-x_l t), so V = v0 + sum_l c_l U_l with
   //   dU_l = (-x_l U_l + kappa (theta - V)) dt + xi sqrt(V) dB,   U_l(0) = 0,
   // stepped with an exponential integrator: U_l' = e^{-x_l dt} U_l + phi(x_l dt) D, phi(z) = (1 - e^-z)/z,
-  // D = kappa (theta - V+) dt + xi sqrt(V+) dW the shared increment (V+ as in full truncation). The fast
+  // D = kappa (theta - V+) dt + xi sqrt(V+) dW the Euler increment (V+ as in full truncation). The fast
   // factors are stiff (x_l dt reaches 0.1 or more): implicit Euler, 1/(1 + x dt), would damp their noise
   // by (1 + z)^-2 where the exact variance factor is (1 - e^-2z)/2z ~ phi(z)^2, and so under-state the
   // roughness. One factor with c = 1, x = 0 (e = phi = 1) is full-truncation Euler of classical Heston.
-  void lifted_block(std::size_t b, std::size_t m, Scratch& s) {
+  template <bool kLifted>
+  void euler_block(std::size_t b, std::size_t m, Scratch& s) {
     double* __restrict x = &x_[b];
     double* __restrict v = &v_[b];
     double* __restrict dr = s.drift.data();
@@ -356,20 +339,27 @@ class Engine {
     for (std::size_t j = 0; j < m; ++j) {
       const double ws = w[j] + idio[j] * static_cast<double>(zi[j]);
       const double wv = rho[j] * ws + rc[j] * static_cast<double>(zp[j]);
-      const double vp = v[j] > 0.0 ? v[j] : 0.0;
+      const double vp = v[j] > 0.0 ? v[j] : 0.0;  // full truncation: v+ in drift and diffusion
       const double sq = std::sqrt(vp * dt);
       x[j] += mu[j] - 0.5 * g * vp * dt + sg * sq * ws;
-      dr[j] = kap[j] * (th[j] - vp) + xi[j] * sq * wv;
-      v[j] = v0[j];
+      const double dv = kap[j] * (th[j] - vp) + xi[j] * sq * wv;
+      if constexpr (kLifted) {
+        dr[j] = dv;
+        v[j] = v0[j];
+      } else {
+        v[j] += dv;
+      }
     }
-    const std::size_t N = p_.n_assets;
-    for (std::size_t l = 0; l < p_.n_lift; ++l) {
-      double* __restrict u = &u_[l * N + b];
-      const double *c = &p_.lift_weight[l * N + b], *d = &lift_decay_[l * N + b], *ph = &lift_phi_[l * N + b];
+    if constexpr (kLifted) {
+      const std::size_t N = p_.n_assets;
+      for (std::size_t l = 0; l < p_.n_lift; ++l) {
+        double* __restrict u = &u_[l * N + b];
+        const double *c = &p_.lift_weight[l * N + b], *d = &lift_decay_[l * N + b], *ph = &lift_phi_[l * N + b];
 #pragma omp simd
-      for (std::size_t j = 0; j < m; ++j) {
-        u[j] = u[j] * d[j] + ph[j] * dr[j];
-        v[j] += c[j] * u[j];
+        for (std::size_t j = 0; j < m; ++j) {
+          u[j] = u[j] * d[j] + ph[j] * dr[j];
+          v[j] += c[j] * u[j];
+        }
       }
     }
   }

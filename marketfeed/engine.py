@@ -523,8 +523,6 @@ class Simulator:
             )
         if len(state.log_prices) != self.n_assets or len(state.variances) != self.n_assets:
             raise ValueError("state: one log-price and one variance per asset are required")
-        if len(state.lift_factors) != len(self._engine.state()[5]):
-            raise ValueError("state: its lifted-scheme factors do not match this simulator's")
         self._engine.set_state(
             state.step,
             state.log_prices,
