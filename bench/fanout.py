@@ -365,18 +365,13 @@ def main() -> None:
 
 def scale_out(args: argparse.Namespace, counts: list[int]) -> None:
     """One engine process and `args.edges` edge processes over a local Kafka broker."""
-    import shutil
-
     sys.path.insert(0, str(ROOT / "tests"))
-    from services import Kafka, kafka_libs, workdir
+    from services import start_kafka
 
-    libs, java = kafka_libs(), shutil.which("java")
-    if libs is None or java is None:
+    broker = start_kafka("bench-fanout-kafka")
+    if broker is None:
         print("kafka: jars or java missing (sudo bash .ci/install-services.sh); skipped")
         return
-    broker = Kafka(workdir("bench-fanout-kafka"), free_port(), libs, java)
-    broker.format()
-    broker.start(timeout=90)
     servers: list[Server] = []
     try:
         with tempfile.TemporaryDirectory() as tmp:

@@ -26,7 +26,7 @@ from marketfeed.streams.kafka import KafkaBus
 from marketfeed.ticks import Tick, TickBatch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-from services import Kafka, free_port, kafka_libs, workdir
+from services import start_kafka
 
 
 def make_batches(steps: int, assets: int) -> list[TickBatch]:
@@ -108,16 +108,10 @@ def main() -> None:
     args = p.parse_args()
     if args.quick:
         args.steps, args.assets = 20, 10
-    libs = kafka_libs()
-    import shutil
-
-    java = shutil.which("java")
-    if libs is None or java is None:
+    broker = start_kafka("bench-kafka")
+    if broker is None:
         print("kafka: jars or java missing (sudo bash .ci/install-services.sh); skipped")
         return
-    broker = Kafka(workdir("bench-kafka"), free_port(), libs, java)
-    broker.format()
-    broker.start(timeout=90)
     try:
         batches = make_batches(args.steps, args.assets)
         base = plain(broker.bootstrap, batches)

@@ -135,14 +135,7 @@ class Runtime:
 
     async def _make_market(self) -> Market:
         s = self.settings
-        sim = Simulator(
-            self.universe,
-            dt=s.dt_years,
-            seed=s.seed,
-            scheme=s.scheme,
-            jumps=s.jumps,
-            rough_factors=s.rough_factors,
-        )
+        sim = self.simulator_for(self.universe)
         market = Market(sim, spread_bps=s.spread_bps, trades=s.trade_model)
         saved = await self.history.load_state()
         if saved is not None:

@@ -321,15 +321,23 @@ def redis() -> Iterator[Redis]:
     shutil.rmtree(server.workdir, ignore_errors=True)
 
 
-@pytest.fixture(scope="session")
-def kafka() -> Iterator[Kafka]:
+def start_kafka(name: str) -> Kafka | None:
+    """A formatted and started broker in workdir(`name`); None without the jars or Java."""
     libs, java = kafka_libs(), shutil.which("java")
     if libs is None or java is None:
-        unavailable("Apache Kafka (jars from Maven Central) or Java")
-        raise AssertionError("unreachable")
-    server = Kafka(workdir("kafka"), free_port(), libs, java)
+        return None
+    server = Kafka(workdir(name), free_port(), libs, java)
     server.format()
     server.start(timeout=90)
+    return server
+
+
+@pytest.fixture(scope="session")
+def kafka() -> Iterator[Kafka]:
+    server = start_kafka("kafka")
+    if server is None:
+        unavailable("Apache Kafka (jars from Maven Central) or Java")
+        raise AssertionError("unreachable")
     yield server
     server.stop()
     server.kill()

@@ -66,13 +66,12 @@ DB_ERRORS = (
 
 # A tick already stored (same gseq: re-delivered, or regenerated after a restart) is skipped, so rows
 # are never duplicated, even with another timestamp (which the primary key alone would allow).
-_INSERT_NEW = (
+INSERT_NEW = (
     f"INSERT INTO ticks ({', '.join(COLUMNS)}) "
     f"SELECT DISTINCT ON (s.gseq) {', '.join('s.' + c for c in COLUMNS)} FROM ticks_staging s "
     "WHERE NOT EXISTS (SELECT 1 FROM ticks t WHERE t.symbol = s.symbol AND t.gseq = s.gseq) "
     "ORDER BY s.gseq ON CONFLICT DO NOTHING"
 )
-INSERT_NEW = _INSERT_NEW
 
 MINUTE_NS = 60_000_000_000
 # The one-minute candles of a set of new ticks (`new`), merged into those already stored: a minute
@@ -101,7 +100,7 @@ _MINUTES_OF = """
 #: After a direct COPY: the new rows are exactly those past the newest gseq stored before it.
 MINUTES_AFTER_COPY = "WITH new AS (SELECT * FROM ticks WHERE gseq > $1)" + _MINUTES_OF
 #: The checked path: the rows the insert actually added.
-INSERT_NEW_WITH_MINUTES = f"WITH new AS ({_INSERT_NEW} RETURNING *)" + _MINUTES_OF
+INSERT_NEW_WITH_MINUTES = f"WITH new AS ({INSERT_NEW} RETURNING *)" + _MINUTES_OF
 
 
 @dataclass(frozen=True)
