@@ -17,12 +17,14 @@ BENCH = Path(__file__).resolve().parent.parent / "bench"
     [
         ("engine.py", "vs NumPy"),
         ("fanout.py", "marketfeed"),
+        ("fanout.py --edges 2", "engine + 2 edges"),
         ("ingest.py", "10,000-tick page"),
         ("kafka.py", "KafkaBus"),
     ],
 )
 def test_benchmark_runs_in_its_quick_configuration(script: str, needle: str) -> None:
-    command = [sys.executable, str(BENCH / script), "--quick"]
+    name, *options = script.split()
+    command = [sys.executable, str(BENCH / name), "--quick", *options]
     result = subprocess.run(command, capture_output=True, text=True, timeout=300, check=False)
     assert result.returncode == 0, result.stderr[-3000:]
     assert needle in result.stdout
