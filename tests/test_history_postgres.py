@@ -11,6 +11,7 @@ from typing import Any
 
 import asyncpg
 import pytest
+from history_cases import check_time_ranges
 from services import Postgres
 
 from marketfeed.health import Status
@@ -99,6 +100,14 @@ def test_round_trip_dedup_pages_filters_and_state(dsn: str) -> None:
 
 
 @pytest.mark.integration
+def test_time_ranges_and_candles_are_a_filter_of_the_ticks(dsn: str) -> None:
+    async def body(store: PostgresHistory) -> None:
+        await check_time_ranges(store, T0 - 60 * 60_000_000_000)
+
+    run(dsn, body)
+
+
+@pytest.mark.integration
 def test_candles_equal_the_sqlite_stores(dsn: str, tmp_path: Path) -> None:
     # SQLite aggregates the ticks at query time; PostgreSQL reads one-minute rows kept by the writer,
     # merged across flushes that split minutes, and across a second writer whose overlapping rows take
@@ -163,7 +172,9 @@ def test_migrations_are_idempotent_and_partitions_are_made_ahead(dsn: str) -> No
         await again.start()
         for s in (*stores[1:], again):
             await s.close()
-        assert await count(dsn, "SELECT count(*) FROM schema_migrations") == 4
+        wanted = len(plan(migrations_dir(), timescale=False))
+        assert wanted >= 5  # up to 0006_ticks_keys
+        assert await count(dsn, "SELECT count(*) FROM schema_migrations") == wanted
         today = time.strftime("%Y%m%d", time.gmtime())
         assert await count(dsn, f"SELECT count(*) FROM pg_class WHERE relname = 'ticks_{today}'") == 1
         parts = await count(dsn, "SELECT count(*) FROM pg_inherits WHERE inhparent = 'ticks'::regclass")
@@ -304,6 +315,7 @@ def test_migration_plan_per_flavour() -> None:
         "0002_symbol_time_index.postgres.sql",
         "0004_events.postgres.sql",
         "0005_candles_1m.postgres.sql",
+        "0006_ticks_keys.postgres.sql",
     ]
     assert timescale == [
         "0001_schema.timescale.sql",

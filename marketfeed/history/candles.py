@@ -71,27 +71,33 @@ class Candle:
         }
 
 
-#: A bucket's aggregates as stores compute them: (start, open, high, low, close, volume, trades, pv),
-#: pv being the sum of price times size (so buckets add up; the vwap is pv / volume).
+#: A bucket's aggregates as stores compute them: (start, open, high, low, close, volume, trades, pv,
+#: first_gseq, last_gseq), pv being the sum of price times size (so buckets add up; the vwap is
+#: pv / volume), first_gseq and last_gseq those of the open and the close.
 Bucket = Sequence[Any]
 
 
 def merge_buckets(buckets: Iterable[Bucket], interval_ns: int, limit: int) -> list[Candle]:
     """Candles of `interval_ns` from finer buckets in time order (one-minute ones into an hour, say):
-    the first bucket's open, the last one's close, the extremes, and the sums."""
+    the extremes, the sums, and the open and close of the first and last trade by gseq, which need
+    not be in the first and last bucket (a clock set back puts later trades in earlier minutes)."""
     out: list[Candle] = []
     acc: list[Any] | None = None
     for b in buckets:
         start = b[0] // interval_ns * interval_ns
         if acc is not None and acc[0] == start:
-            acc[2], acc[3], acc[4] = max(acc[2], b[2]), min(acc[3], b[3]), b[4]
+            acc[2], acc[3] = max(acc[2], b[2]), min(acc[3], b[3])
             acc[5], acc[6], acc[7] = acc[5] + b[5], acc[6] + b[6], acc[7] + b[7]
+            if b[8] < acc[8]:
+                acc[1], acc[8] = b[1], b[8]
+            if b[9] > acc[9]:
+                acc[4], acc[9] = b[4], b[9]
             continue
         if acc is not None:
-            out.append(Candle.of(*acc))
+            out.append(Candle.of(*acc[:8]))
             if len(out) == limit:
                 return out
-        acc = [start, b[1], b[2], b[3], b[4], int(b[5]), int(b[6]), b[7]]
+        acc = [start, b[1], b[2], b[3], b[4], int(b[5]), int(b[6]), b[7], b[8], b[9]]
     if acc is not None and len(out) < limit:
-        out.append(Candle.of(*acc))
+        out.append(Candle.of(*acc[:8]))
     return out

@@ -97,6 +97,22 @@ _MINUTES_OF = """
         first_gseq = least(candles_1m.first_gseq, excluded.first_gseq),
         last_gseq = greatest(candles_1m.last_gseq, excluded.last_gseq)
 """
+
+
+def within_minutes(symbols: str, first: str, end: str) -> str:
+    """A condition on gseq true for every tick of `symbols` (an SQL comparison such as `= $2`) in
+    minutes starting in [first, end): those minutes' gseq range in candles_1m, which the writer keeps
+    in the ticks' own transaction. It turns a time range into a range of the (symbol, gseq, ts) key,
+    so ticks needs no (symbol, ts) index (0006_ticks_keys.postgres.sql); `ts` is still filtered."""
+    minutes = f"FROM candles_1m WHERE symbol {symbols} AND start >= {first} AND start < {end}"
+    return f"gseq BETWEEN (SELECT min(first_gseq) {minutes}) AND (SELECT max(last_gseq) {minutes})"
+
+
+def first_minute(ns: int) -> int:
+    """The start of the minute that holds `ns`: the first minute overlapping a range from `ns`."""
+    return max(ns // MINUTE_NS * MINUTE_NS, -(2**63))
+
+
 #: After a direct COPY: the new rows are exactly those past the newest gseq stored before it.
 MINUTES_AFTER_COPY = "WITH new AS (SELECT * FROM ticks WHERE gseq > $1)" + _MINUTES_OF
 #: The checked path: the rows the insert actually added.
@@ -240,7 +256,10 @@ class PostgresHistory:
                         await self._apply_retention(conn)
                 finally:
                     await conn.execute("SELECT pg_advisory_unlock($1)", MIGRATION_LOCK)
-            self._max_gseq = int(await self.pool.fetchval("SELECT coalesce(max(gseq), 0) FROM ticks"))
+            # Every stored tick lies inside its minute's gseq range, so the newest last_gseq is the
+            # newest gseq, read from an index (ticks has no B-tree on gseq alone).
+            newest = "max(last_gseq) FROM candles_1m" if self.keeps_minutes else "max(gseq) FROM ticks"
+            self._max_gseq = int(await self.pool.fetchval("SELECT " + newest) or 0)
         except BaseException:
             self._pool.terminate()  # a failed start must not leave connections behind
             self._pool = None
@@ -581,20 +600,24 @@ class PostgresHistory:
         after_gseq: int = 0,
         limit: int = 1000,
     ) -> list[Tick]:
-        where, params = ["gseq > $1"], [after_gseq]
-        args: list[Any] = params
+        where = ["gseq > $1"]
+        args: list[Any] = [after_gseq]
+        symbol_cond: str | None = None
         if symbols is not None and len(symbols) == 1:
-            args.append(next(iter(symbols)))  # equality lets (symbol, gseq) deliver rows in order
-            where.append(f"symbol = ${len(args)}")
+            args.append(next(iter(symbols)))  # equality lets the key deliver rows in gseq order
+            symbol_cond = f"= ${len(args)}"
         elif symbols is not None:
             args.append(sorted(symbols))
-            where.append(f"symbol = ANY(${len(args)}::text[])")
-        if start_ns is not None:
-            args.append(start_ns)
-            where.append(f"ts >= ${len(args)}")
-        if end_ns is not None:
-            args.append(end_ns)
-            where.append(f"ts < ${len(args)}")
+            symbol_cond = f"= ANY(${len(args)}::text[])"
+        if symbol_cond is not None:
+            where.append("symbol " + symbol_cond)
+        if start_ns is not None or end_ns is not None:
+            lo = start_ns if start_ns is not None else 0
+            args += [lo, end_ns if end_ns is not None else 2**63 - 1]
+            where.append(f"ts >= ${len(args) - 1} AND ts < ${len(args)}")
+            if symbol_cond is not None and self.keeps_minutes:
+                args.append(first_minute(lo))
+                where.append(within_minutes(symbol_cond, f"${len(args)}", f"${len(args) - 1}"))
         args.append(limit)
         # Selected in Tick's field order: Tick(*row) is the cheapest way to 10,000 objects.
         columns, conditions = ", ".join(TICK_FIELDS), " AND ".join(where)
@@ -609,7 +632,7 @@ class PostgresHistory:
         hi = end_ns if end_ns is not None else 2**63 - 1
         if interval.nanoseconds % MINUTE_NS:
             return [
-                Candle.of(*r)
+                Candle.of(*r[:8])
                 for r in await self._aggregate_ticks(symbol, interval.nanoseconds, lo, hi, limit)
             ]
         # Whole minutes come from candles_1m; the part-minutes at either end of the range (a range
@@ -620,7 +643,7 @@ class PostgresHistory:
         if lo < first:
             minutes += await self._aggregate_ticks(symbol, MINUTE_NS, lo, first, 1)
         rows = await self.pool.fetch(
-            "SELECT start, open, high, low, close, volume, trades, pv FROM candles_1m"
+            "SELECT start, open, high, low, close, volume, trades, pv, first_gseq, last_gseq FROM candles_1m"
             " WHERE symbol = $1 AND start >= $2 AND start < $3 ORDER BY start LIMIT $4",
             symbol,
             first,
@@ -635,28 +658,30 @@ class PostgresHistory:
     async def _aggregate_ticks(
         self, symbol: str, interval_ns: int, lo: int, hi: int, limit: int
     ) -> list[Bucket]:
-        """(start, open, high, low, close, volume, trades, pv) per bucket, straight from the ticks."""
+        """Buckets (candles.Bucket) straight from the ticks."""
         # The same definition as the SQLite store: first and last trade by gseq per bucket.
+        args: list[Any] = [interval_ns, symbol, lo, hi, limit]
+        bounded = ""
+        if self.keeps_minutes:
+            args.append(first_minute(lo))
+            bounded = "AND " + within_minutes("= $2", "$6", "$4")
         rows = await self.pool.fetch(
-            """
+            f"""
             WITH b AS (
                 SELECT ts / $1 AS k, min(gseq) AS g0, max(gseq) AS g1, max(price) AS hi, min(price) AS lo,
                        sum(size) AS volume, count(*) AS n, sum(price * size) AS pv
                 FROM ticks
-                WHERE symbol = $2 AND ts >= $3 AND ts < $4
+                WHERE symbol = $2 AND ts >= $3 AND ts < $4 {bounded}
                 GROUP BY 1
             )
-            SELECT b.k * $1 AS start, o.price AS open, b.hi, b.lo, c.price AS close, b.volume, b.n, b.pv
+            SELECT b.k * $1 AS start, o.price AS open, b.hi, b.lo, c.price AS close, b.volume, b.n, b.pv,
+                   b.g0, b.g1
             FROM b
             JOIN ticks o ON o.symbol = $2 AND o.gseq = b.g0
             JOIN ticks c ON c.symbol = $2 AND c.gseq = b.g1
             ORDER BY b.k LIMIT $5
             """,
-            interval_ns,
-            symbol,
-            lo,
-            hi,
-            limit,
+            *args,
         )
         return [tuple(r) for r in rows]
 

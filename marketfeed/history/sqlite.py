@@ -57,6 +57,53 @@ CREATE TABLE IF NOT EXISTS engine_state (
 );
 """
 
+# Version 2 (PRAGMA user_version), for ingest: every index a row enters roughly halves the writer's
+# rate (bench/ingest.py), and ticks had two besides the table itself. An index on symbol alone is
+# (symbol, gseq) already, since SQLite appends the rowid (gseq) to every index entry. Time ranges of a
+# symbol no longer need (symbol, ts): tick_minutes, written in the ticks' own transaction, holds the
+# first and last gseq of every symbol-minute, which turns a time range into a gseq range.
+SCHEMA_2 = """
+DROP INDEX IF EXISTS ticks_symbol_gseq;
+DROP INDEX IF EXISTS ticks_symbol_ts;
+CREATE INDEX IF NOT EXISTS ticks_symbol ON ticks (symbol);
+CREATE TABLE IF NOT EXISTS tick_minutes (
+    symbol     TEXT    NOT NULL,
+    minute     INTEGER NOT NULL,  -- ts // 60 s
+    first_gseq INTEGER NOT NULL,
+    last_gseq  INTEGER NOT NULL,
+    PRIMARY KEY (symbol, minute)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS tick_minutes_minute ON tick_minutes (minute);
+INSERT INTO tick_minutes SELECT symbol, ts / 60000000000, min(gseq), max(gseq) FROM ticks GROUP BY 1, 2;
+"""
+MIGRATIONS = (SCHEMA, SCHEMA_2)
+MINUTE_NS = 60_000_000_000
+# The minutes of the ticks with gseq in [?, ?], merged into those stored. Rows of that range written
+# earlier are counted again, which min and max absorb.
+MINUTES_OF = f"""
+INSERT INTO tick_minutes (symbol, minute, first_gseq, last_gseq)
+SELECT symbol, ts / {MINUTE_NS}, min(gseq), max(gseq) FROM ticks WHERE gseq BETWEEN ? AND ? GROUP BY 1, 2
+ON CONFLICT (symbol, minute) DO UPDATE SET
+    first_gseq = min(first_gseq, excluded.first_gseq), last_gseq = max(last_gseq, excluded.last_gseq)
+"""
+
+
+def within_minutes(symbols: str) -> str:
+    """A condition on gseq true for every tick (of `symbols`, an SQL condition, if not empty) in the
+    minutes :m0 to :m1: those minutes' gseq range in tick_minutes. With ts still filtered, it lets a
+    time range read a range of gseq (of the symbol index) instead of needing a (symbol, ts) index."""
+    where = f"{symbols} AND minute BETWEEN :m0 AND :m1" if symbols else "minute BETWEEN :m0 AND :m1"
+    minutes = "FROM tick_minutes WHERE " + where
+    return f"gseq BETWEEN (SELECT min(first_gseq) {minutes}) AND (SELECT max(last_gseq) {minutes})"
+
+
+def time_range(start_ns: int | None, end_ns: int | None) -> dict[str, int]:
+    """Parameters :start, :end (ts in [start, end)) and :m0, :m1 (the minutes it overlaps)."""
+    start = start_ns if start_ns is not None else 0
+    end = end_ns if end_ns is not None else 2**63 - 1
+    return {"start": start, "end": end, "m0": start // MINUTE_NS, "m1": (end - 1) // MINUTE_NS}
+
+
 COLUMNS = "symbol, seq, gseq, ts, price, bid, ask, size, vol"
 
 Row = tuple[str, int, int, int, float, float, float, int, float]
@@ -120,7 +167,9 @@ class SQLiteHistory:
         # Each tick goes into the table and two indexes; a larger page cache (64 MiB instead of 2) keeps
         # their hot leaves in memory: about +10 % ingest (bench/ingest.py).
         conn.execute("PRAGMA cache_size=-65536")
-        conn.executescript(SCHEMA)
+        version = conn.execute("PRAGMA user_version").fetchone()[0]
+        for number, script in enumerate(MIGRATIONS[version:], start=version + 1):
+            conn.executescript(f"BEGIN; {script} PRAGMA user_version = {number}; COMMIT;")
         self._wconn = conn
 
     def _connect(self) -> sqlite3.Connection:
@@ -205,6 +254,8 @@ class SQLiteHistory:
         try:
             conn.executemany("INSERT INTO events (ts, at_step, type, record) VALUES (?,?,?,?)", events)
             conn.executemany(f"INSERT OR IGNORE INTO ticks ({COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?)", rows)
+            if rows:
+                conn.execute(MINUTES_OF, (min(r[2] for r in rows), max(r[2] for r in rows)))
             if state is not None:
                 conn.execute(
                     "INSERT INTO engine_state (id, state, updated) VALUES (1, ?, ?) "
@@ -224,7 +275,7 @@ class SQLiteHistory:
             self._local.conn = conn
         return conn
 
-    async def _query(self, sql: str, params: Sequence[Any]) -> list[tuple[Any, ...]]:
+    async def _query(self, sql: str, params: Sequence[Any] | Mapping[str, Any]) -> list[tuple[Any, ...]]:
         def run() -> list[tuple[Any, ...]]:
             return self._reader().execute(sql, params).fetchall()
 
@@ -239,19 +290,19 @@ class SQLiteHistory:
         after_gseq: int = 0,
         limit: int = 1000,
     ) -> list[Tick]:
-        where, params = ["gseq > ?"], [after_gseq]
+        where = ["gseq > :after"]
+        params: dict[str, Any] = {"after": after_gseq, "limit": limit}
+        symbol_cond = ""
         if symbols is not None:
-            ordered = sorted(symbols)
-            where.append(f"symbol IN ({','.join('?' * len(ordered))})")
-            params.extend(ordered)  # type: ignore[arg-type]  # mixed parameter list
-        if start_ns is not None:
-            where.append("ts >= ?")
-            params.append(start_ns)
-        if end_ns is not None:
-            where.append("ts < ?")
-            params.append(end_ns)
-        sql = f"SELECT {COLUMNS} FROM ticks WHERE {' AND '.join(where)} ORDER BY gseq LIMIT ?"
-        rows = await self._query(sql, [*params, limit])
+            names = {f"s{i}": s for i, s in enumerate(sorted(symbols))}
+            symbol_cond = f"symbol IN ({', '.join(':' + n for n in names)})"
+            where.append(symbol_cond)
+            params |= names
+        if start_ns is not None or end_ns is not None:
+            params |= time_range(start_ns, end_ns)
+            where += ["ts >= :start AND ts < :end", within_minutes(symbol_cond)]
+        sql = f"SELECT {COLUMNS} FROM ticks WHERE {' AND '.join(where)} ORDER BY gseq LIMIT :limit"
+        rows = await self._query(sql, params)
         return [row_tick(r) for r in rows]
 
     async def candles(
@@ -259,30 +310,21 @@ class SQLiteHistory:
     ) -> list[Candle]:
         # Open and close are the first and last trade by gseq in each bucket, joined back through the
         # primary key, so a candle always agrees with the raw ticks it summarises.
-        sql = """
+        sql = f"""
             WITH b AS (
                 SELECT ts / :ns AS k, MIN(gseq) AS g0, MAX(gseq) AS g1, MAX(price) AS hi,
                        MIN(price) AS lo, SUM(size) AS volume, COUNT(*) AS n, SUM(price * size) AS pv
                 FROM ticks
-                WHERE symbol = :symbol AND ts >= :start AND ts < :end
+                WHERE symbol = :symbol AND ts >= :start AND ts < :end AND {within_minutes("symbol = :symbol")}
                 GROUP BY k
             )
             SELECT b.k * :ns, o.price, b.hi, b.lo, c.price, b.volume, b.n, b.pv
             FROM b JOIN ticks o ON o.gseq = b.g0 JOIN ticks c ON c.gseq = b.g1
             ORDER BY b.k LIMIT :limit
         """
-        params = {
-            "ns": interval.nanoseconds,
-            "symbol": symbol,
-            "start": start_ns if start_ns is not None else 0,
-            "end": end_ns if end_ns is not None else 2**63 - 1,
-            "limit": limit,
-        }
-
-        def run() -> list[tuple[Any, ...]]:
-            return self._reader().execute(sql, params).fetchall()
-
-        rows = await asyncio.get_running_loop().run_in_executor(self._readers, run)
+        params = {"ns": interval.nanoseconds, "symbol": symbol, "limit": limit}
+        params |= time_range(start_ns, end_ns)
+        rows = await self._query(sql, params)
         return [
             Candle(
                 start=r[0],

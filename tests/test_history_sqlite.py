@@ -1,0 +1,61 @@
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import time
+from pathlib import Path
+
+from history_cases import check_time_ranges
+
+from marketfeed.history.sqlite import SCHEMA, SQLiteHistory, tick_row
+from marketfeed.ticks import Tick, TickBatch
+
+T0 = (time.time_ns() // 60_000_000_000 - 60) * 60_000_000_000  # an hour ago, on a minute
+
+
+def test_time_ranges_and_candles_are_a_filter_of_the_ticks(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        store = SQLiteHistory(tmp_path / "h.sqlite3", flush_ms=50)
+        await store.start()
+        try:
+            await check_time_ranges(store, T0)
+        finally:
+            await store.close()
+
+    asyncio.run(scenario())
+
+
+def test_a_version_1_file_is_upgraded_with_the_minutes_of_its_ticks(tmp_path: Path) -> None:
+    # A file written before tick_minutes existed: the schema of version 1, ticks, no user_version.
+    path = tmp_path / "old.sqlite3"
+    old = sqlite3.connect(path)
+    old.executescript(SCHEMA)
+    ticks = [Tick("AAA", n, n, T0 + n * 20_000_000_000, 100.0 + n, 99.0, 101.0, 1, 0.2) for n in range(1, 10)]
+    old.executemany("INSERT INTO ticks (symbol, seq, gseq, ts, price, bid, ask, size, vol) VALUES "
+                    "(?,?,?,?,?,?,?,?,?)", [tick_row(t) for t in ticks])  # fmt: skip
+    old.commit()
+    old.close()
+
+    async def scenario() -> None:
+        store = SQLiteHistory(path, flush_ms=50)
+        await store.start()
+        try:
+            window = await store.ticks(
+                symbols=frozenset({"AAA"}), start_ns=T0 + 60_000_000_000, end_ns=T0 + 120_000_000_000
+            )
+            assert window == [t for t in ticks if T0 + 60e9 <= t.ts < T0 + 120e9] != []
+            store.write(TickBatch(step=10, ticks=[ticks[-1]._replace(seq=10, gseq=10, ts=T0 + 10**12)]))
+            await store.flush()
+            assert len(await store.ticks(symbols=frozenset({"AAA"}), start_ns=T0 + 10**12)) == 1
+        finally:
+            await store.close()
+
+    asyncio.run(scenario())
+    conn = sqlite3.connect(path)
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == 2
+    indexes = {
+        r[0]
+        for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = 'ticks'")
+    }
+    assert indexes == {"ticks_symbol"}
+    conn.close()
