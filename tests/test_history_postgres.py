@@ -109,7 +109,7 @@ def test_time_ranges_and_candles_are_a_filter_of_the_ticks(dsn: str) -> None:
 
 @pytest.mark.integration
 def test_candles_equal_the_sqlite_stores(dsn: str, tmp_path: Path) -> None:
-    # SQLite aggregates the ticks at query time; PostgreSQL reads one-minute rows kept by the writer,
+    # SQLite aggregates the ticks at query time; PostgreSQL reads one-minute rows kept by a trigger,
     # merged across flushes that split minutes, and across a second writer whose overlapping rows take
     # the checked path. Both must give the same candles, also for ranges that cut minutes in two.
     async def scenario() -> None:

@@ -74,34 +74,11 @@ INSERT_NEW = (
 )
 
 MINUTE_NS = 60_000_000_000
-# The one-minute candles of a set of new ticks (`new`), merged into those already stored: a minute
-# split over two writes keeps the earlier open and the later close, by gseq.
-_MINUTES_OF = """
-    INSERT INTO candles_1m
-    SELECT symbol, ts / 60000000000 * 60000000000,
-           (array_agg(price ORDER BY gseq))[1], max(price), min(price),
-           (array_agg(price ORDER BY gseq DESC))[1],
-           sum(size), count(*), sum(price * size), min(gseq), max(gseq)
-    FROM new
-    GROUP BY 1, 2
-    ON CONFLICT (symbol, start) DO UPDATE SET
-        open = CASE WHEN excluded.first_gseq < candles_1m.first_gseq
-                    THEN excluded.open ELSE candles_1m.open END,
-        close = CASE WHEN excluded.last_gseq > candles_1m.last_gseq
-                     THEN excluded.close ELSE candles_1m.close END,
-        high = greatest(candles_1m.high, excluded.high),
-        low = least(candles_1m.low, excluded.low),
-        volume = candles_1m.volume + excluded.volume,
-        trades = candles_1m.trades + excluded.trades,
-        pv = candles_1m.pv + excluded.pv,
-        first_gseq = least(candles_1m.first_gseq, excluded.first_gseq),
-        last_gseq = greatest(candles_1m.last_gseq, excluded.last_gseq)
-"""
 
 
 def within_minutes(symbols: str, first: str, end: str) -> str:
     """A condition on gseq true for every tick of `symbols` (an SQL comparison such as `= $2`) in
-    minutes starting in [first, end): those minutes' gseq range in candles_1m, which the writer keeps
+    minutes starting in [first, end): those minutes' gseq range in candles_1m, which a trigger keeps
     in the ticks' own transaction. It turns a time range into a range of the (symbol, gseq, ts) key,
     so ticks needs no (symbol, ts) index (0006_ticks_keys.postgres.sql); `ts` is still filtered."""
     minutes = f"FROM candles_1m WHERE symbol {symbols} AND start >= {first} AND start < {end}"
@@ -111,12 +88,6 @@ def within_minutes(symbols: str, first: str, end: str) -> str:
 def first_minute(ns: int) -> int:
     """The start of the minute that holds `ns`: the first minute overlapping a range from `ns`."""
     return max(ns // MINUTE_NS * MINUTE_NS, -(2**63))
-
-
-#: After a direct COPY: the new rows are exactly those past the newest gseq stored before it.
-MINUTES_AFTER_COPY = "WITH new AS (SELECT * FROM ticks WHERE gseq > $1)" + _MINUTES_OF
-#: The checked path: the rows the insert actually added.
-INSERT_NEW_WITH_MINUTES = f"WITH new AS ({INSERT_NEW} RETURNING *)" + _MINUTES_OF
 
 
 @dataclass(frozen=True)
@@ -230,7 +201,8 @@ class PostgresHistory:
     # --- lifecycle -------------------------------------------------------------------------------
     @property
     def keeps_minutes(self) -> bool:
-        """Whether the writer maintains candles_1m (TimescaleDB maintains its own, as an aggregate)."""
+        """Whether candles_1m is the table a trigger keeps with first_gseq and last_gseq (TimescaleDB
+        has a continuous aggregate by that name instead)."""
         return not self.timescale
 
     @property
@@ -563,8 +535,6 @@ class PostgresHistory:
                     async with conn.transaction():
                         if records:
                             await conn.copy_records_to_table("ticks", records=records, columns=COLUMNS)
-                            if self.keeps_minutes:
-                                await conn.execute(MINUTES_AFTER_COPY, self._max_gseq)
                         await self._save_state(conn, state, events)
                     return
                 except asyncpg.UniqueViolationError:
@@ -575,7 +545,7 @@ class PostgresHistory:
                     "(LIKE ticks INCLUDING DEFAULTS) ON COMMIT DELETE ROWS"
                 )
                 await conn.copy_records_to_table("ticks_staging", records=records, columns=COLUMNS)
-                await conn.execute(INSERT_NEW_WITH_MINUTES if self.keeps_minutes else INSERT_NEW)
+                await conn.execute(INSERT_NEW)
                 await self._save_state(conn, state, events)
 
     @staticmethod
