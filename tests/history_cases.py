@@ -68,7 +68,11 @@ async def check_time_ranges(store: Store, t0: int) -> None:
         if n % 77 == 0:
             await store.flush()  # flushes that end mid-minute
     await store.flush()
-    written = [t for b in batches for t in b.ticks]
+    await check_queries(store, [t for b in batches for t in b.ticks], t0)
+
+
+async def check_queries(store: Store, written: list[Tick], t0: int) -> None:
+    """Time windows, symbol sets and cursors over `written` (the ticks of path(t0)) in `store`."""
     windows = [
         (None, None),
         (t0 + 90_000_000_000, None),

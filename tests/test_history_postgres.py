@@ -11,12 +11,13 @@ from typing import Any
 
 import asyncpg
 import pytest
-from history_cases import check_time_ranges
+from history_cases import check_queries, check_time_ranges, path
 from services import Postgres
 
 from marketfeed.health import Status
 from marketfeed.history.candles import Interval
 from marketfeed.history.postgres import (
+    COLUMNS,
     DAY_NS,
     DB_ERRORS,
     PostgresHistory,
@@ -25,6 +26,7 @@ from marketfeed.history.postgres import (
     partition_day,
     partition_name,
     plan,
+    tick_record,
 )
 from marketfeed.history.sqlite import SQLiteHistory
 from marketfeed.ticks import Tick, TickBatch
@@ -105,6 +107,43 @@ def test_time_ranges_and_candles_are_a_filter_of_the_ticks(dsn: str) -> None:
         await check_time_ranges(store, T0 - 60 * 60_000_000_000)
 
     run(dsn, body)
+
+
+@pytest.mark.integration
+def test_a_database_from_before_0006_keeps_answering_after_it(dsn: str, tmp_path: Path) -> None:
+    # Ticks stored under migrations 0001-0005 (keys (gseq, ts), (symbol, gseq), (symbol, ts); minutes
+    # back-filled by 0005), then a start that applies 0006: time ranges now go through the minutes.
+    t0 = T0 - 60 * 60_000_000_000
+    written = [t for b in path(t0) for t in b.ticks]
+    older = [m for m in plan(migrations_dir(), timescale=False) if m.version < 6]
+
+    async def scenario() -> None:
+        conn = await asyncpg.connect(dsn)
+        try:
+            await conn.execute(
+                "CREATE TABLE schema_migrations (version integer PRIMARY KEY, name text NOT NULL,"
+                " applied timestamptz NOT NULL DEFAULT now())"
+            )
+            for m in older:
+                if m.version == 5:  # ticks stored before the minutes existed: 0005 back-fills them
+                    await conn.copy_records_to_table("ticks", records=[tick_record(t) for t in written],
+                                                     columns=COLUMNS)  # fmt: skip
+                await conn.execute(m.path.read_text())
+                await conn.execute("INSERT INTO schema_migrations VALUES ($1, $2)", m.version, m.name)
+        finally:
+            await conn.close()
+        store = PostgresHistory(dsn)
+        await store.start()
+        try:
+            await check_queries(store, written, t0)
+            assert await count(dsn, "SELECT count(*) FROM schema_migrations") == len(older) + 1
+            key = await count(dsn, "SELECT count(*) FROM pg_indexes WHERE tablename = 'ticks'"
+                                   " AND indexdef LIKE '%(symbol, gseq, ts)'")  # fmt: skip
+            assert key == 1
+        finally:
+            await store.close()
+
+    asyncio.run(scenario())
 
 
 @pytest.mark.integration
