@@ -48,7 +48,7 @@ def path(t0: int) -> list[TickBatch]:
 
 def expected_candles(
     ticks: list[Tick], interval: Interval, start: int | None, end: int | None
-) -> list[tuple]:
+) -> list[tuple[int, float, float, float, float, int, int]]:
     ns = interval.nanoseconds
     inside = [t for t in ticks if (start is None or t.ts >= start) and (end is None or t.ts < end)]
     out = []
