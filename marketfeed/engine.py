@@ -12,13 +12,14 @@ import json
 import math
 import warnings
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
+import orjson
 
 from marketfeed import _engine
 
@@ -355,13 +356,16 @@ class SimulatorState:
     market: dict[str, Any] = field(default_factory=dict)
 
     def to_json(self) -> str:
-        return json.dumps(asdict(self))
+        # Called every step (the history store keeps the state that goes with its newest ticks):
+        # orjson and no deep copy take it from 6.9 ms to 0.07 ms at 1,000 assets, 34 to 0.6 ms with the
+        # lifted scheme's factors; json.dumps(asdict(...)) cost more than the step. Floats round-trip.
+        return orjson.dumps({f.name: getattr(self, f.name) for f in fields(self)}).decode()
 
     @classmethod
     def from_json(cls, text: str) -> SimulatorState:
         try:
-            return cls(**json.loads(text))
-        except (TypeError, json.JSONDecodeError) as exc:
+            return cls(**orjson.loads(text))
+        except (TypeError, orjson.JSONDecodeError) as exc:
             raise ValueError(f"invalid simulator state: {exc}") from exc
 
 
