@@ -26,6 +26,7 @@ import numpy.typing as npt
 
 from marketfeed import _engine
 from marketfeed.engine import Scheme, Simulator, Universe, lifted_kernel
+from marketfeed.market import Market
 
 Array = npt.NDArray[np.float64]
 
@@ -176,6 +177,18 @@ def main() -> None:
                 f"{scheme.value:<8}{one:>11.1f}{two:>11.1f}{base:>9.1f}{floor:>9.1f}"
                 f"{one / base:>9.1f}x{100 * one / floor:>9.0f}%{two / one:>8.2f}"
             )
+        # What the server's engine thread does per step besides the model: the step's ticks (quotes,
+        # sizes, sequence numbers) and their JSON, then the state snapshot stored with them.
+        market = Market(Simulator(universe(args.assets), dt=dt, seed=1, threads=1))
+        steps = max(1, args.steps // 100)
+        ticks = best_rate(lambda: [market.step() for _ in range(steps)], n * steps, args.repeat)
+        state = best_rate(
+            lambda: [(market.step(), market.state().to_json()) for _ in range(steps)], n * steps, args.repeat
+        )
+        print(
+            f"\nserver engine thread (QE-M, {n} assets): ticks with their JSON {ticks / 1e6:.2f}M ticks/s"
+            f" ({1e9 / ticks:.0f} ns a tick); with the state snapshot {state / 1e6:.2f}M ticks/s"
+        )
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ time (only the wall-clock timestamps differ, and with them what the session cale
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import math
 import time
 from enum import StrEnum
@@ -119,23 +120,32 @@ class Market:
         bid = np.floor((prices - half) / TICK_SIZE) * TICK_SIZE
         ask = np.maximum(np.ceil((prices + half) / TICK_SIZE) * TICK_SIZE, bid + TICK_SIZE)
         last = np.clip(np.round(prices / TICK_SIZE) * TICK_SIZE, bid, ask)
-        size = self._sizes(step, counts).tolist()
-        seq = (self._counts + 1).tolist()
+        size = self._sizes(step, counts)
+        seq = self._counts + 1
         self._counts += counts > 0
-        ticks = [
-            Tick(
-                symbol=self.symbols[i],
-                seq=seq[i],
-                gseq=step * self._n + i + 1,
-                ts=ts,
-                price=round(float(last[i]), 2),
-                bid=round(float(bid[i]), 2),
-                ask=round(float(ask[i]), 2),
-                size=size[i],
-                vol=round(float(vol[i]), 6),
+        # Columns for the symbols that trade, converted to Python lists in one call each, then zipped
+        # into ticks: indexing numpy arrays and rounding element by element took half the time per
+        # tick. Prices are whole cents, and k / 100 is the double round(price, 2) gave.
+        idx = np.flatnonzero(counts)
+        gseq = idx + (step * self._n + 1)
+
+        def cents(a: FloatArray) -> list[float]:
+            return (np.rint(a[idx] / TICK_SIZE) / 100).tolist()  # type: ignore[no-any-return]
+
+        ticks = list(
+            map(
+                Tick,
+                [self.symbols[i] for i in idx.tolist()],
+                seq[idx].tolist(),
+                gseq.tolist(),
+                itertools.repeat(ts),
+                cents(last),
+                cents(bid),
+                cents(ask),
+                size[idx].tolist(),
+                [round(v, 6) for v in vol[idx].tolist()],
             )
-            for i in np.flatnonzero(counts).tolist()
-        ]
+        )
         return TickBatch(step=step, ticks=ticks)
 
     # --- trade arrivals ----------------------------------------------------------------------------
