@@ -60,6 +60,30 @@ def test_every_step_is_the_classic_feed() -> None:
         assert [t.size for t in ticks[k * n : (k + 1) * n]] == expected.tolist()
 
 
+def test_quotes_are_the_element_wise_formula_and_the_json_is_each_ticks_own() -> None:
+    # The tick layer converts whole columns at once; it must give what rounding each element did.
+    m = market()
+    n = len(m.symbols)
+    rng = np.random.default_rng(5)
+    for step in range(200):
+        prices = np.concatenate([[2.675, 100.005, 0.015, 99_999.995, 1.0], 10 ** rng.uniform(-1, 5, n - 5)])
+        variances = np.concatenate([[0.0, -1e-9, 1e-12, 4.0, 0.04], rng.uniform(0, 1, n - 5)])
+        batch = m.ticks(step, prices, variances, MONDAY_JAN)
+        assert len(batch.ticks) == n
+        vol = np.sqrt(np.maximum(variances, 0.0))
+        half = prices * (m.spread_bps * 0.5e-4) * (1.0 + vol / 0.4)
+        bid = np.floor((prices - half) / 0.01) * 0.01
+        ask = np.maximum(np.ceil((prices + half) / 0.01) * 0.01, bid + 0.01)
+        last = np.clip(np.round(prices / 0.01) * 0.01, bid, ask)
+        for i, t in enumerate(batch.ticks):
+            cents = [round(float(a[i]), 2) for a in (last, bid, ask)]
+            assert (t.price, t.bid, t.ask, t.vol) == (*cents, round(float(vol[i]), 6))
+            assert all(
+                type(v) is type(f) for v, f in zip(t, Tick("", 0, 0, 0, 0.0, 0.0, 0.0, 0, 0.0), strict=True)
+            )
+        assert list(batch.encoded) == [t.to_json() for t in batch.ticks]
+
+
 # --- arrivals ---------------------------------------------------------------------------------------
 def test_poisson_counts_have_mean_and_variance_rate_times_dt() -> None:
     m = market(dt_seconds=0.1, arrivals=Arrivals.POISSON, trade_rate=2.0)
