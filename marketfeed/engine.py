@@ -354,6 +354,9 @@ class SimulatorState:
     #: The tick layer's own state (`Market.state`: tick counts, trade-arrival excitation), saved and
     #: restored with the path it belongs to; the Simulator ignores it.
     market: dict[str, Any] = field(default_factory=dict)
+    #: The server's controls in force (parameters changed over /admin/params, active scenarios),
+    #: saved and restored by `Runtime` so a restart carries on with them; the Simulator ignores it.
+    control: dict[str, Any] = field(default_factory=dict)
 
     def to_json(self) -> str:
         # Called every step (the history store keeps the state that goes with its newest ticks):

@@ -111,6 +111,7 @@ class Runtime:
         self.active_scenarios: list[dict[str, Any]] = []  #: the book's report after the latest step
         self.overlay: dict[str, Any] = {"var_scale": 1.0, "correlation": None}
         self._overlay_set = False
+        self._changed_universe: dict[str, Any] | None = None  #: after /admin/params: saved with the state
         self.step_seconds = 0.0
         self.gc_pause_seconds = 0.0
         self._cache_queue: asyncio.Queue[TickBatch] = asyncio.Queue(maxsize=64)
@@ -135,18 +136,30 @@ class Runtime:
 
     async def _make_market(self) -> Market:
         s = self.settings
-        sim = self.simulator_for(self.universe)
-        market = Market(sim, spread_bps=s.spread_bps, trades=s.trade_model)
         saved = await self.history.load_state()
-        if saved is not None:
-            try:
-                market.restore(SimulatorState.from_json(saved))
-            except ValueError as exc:
-                raise IncompatibleHistoryError(
-                    f"the history store holds another market ({exc}); use the settings it was made with "
-                    "or point MARKETFEED_HISTORY_PATH / MARKETFEED_DATABASE somewhere else"
-                ) from exc
-            log.info("resumed the engine at step %d from the history store", sim.step_index)
+        if saved is None:
+            return Market(self.simulator_for(self.universe), spread_bps=s.spread_bps, trades=s.trade_model)
+        try:
+            state = SimulatorState.from_json(saved)
+            # Parameters changed over /admin/params and the scenarios in force were saved with the
+            # state: the path carries on with them, as if the server had never stopped.
+            changed = state.control.get("universe")
+            universe = self.universe if changed is None else Universe.from_dict(changed)
+            if universe.symbols != self.symbols:
+                raise ValueError(f"its symbols are {universe.symbols}, the settings' {self.symbols}")
+            market = Market(self.simulator_for(universe), spread_bps=s.spread_bps, trades=s.trade_model)
+            market.restore(state)
+            if "scenarios" in state.control:
+                self.book.restore(state.control["scenarios"])
+        except ValueError as exc:
+            raise IncompatibleHistoryError(
+                f"the history store holds another market ({exc}); use the settings it was made with "
+                "or point MARKETFEED_HISTORY_PATH / MARKETFEED_DATABASE somewhere else"
+            ) from exc
+        if changed is not None:
+            self.universe, self._changed_universe = universe, changed
+            log.warning("resumed with the parameters last set over /admin/params, not the configured ones")
+        log.info("resumed the engine at step %d from the history store", market.next_step)
         return market
 
     def _spawn(self, coro: Coroutine[Any, Any, None], name: str) -> None:
@@ -188,7 +201,11 @@ class Runtime:
             done.append(self._run_command(market, self._commands.popleft()))
         self._apply_overlay(market)
         batch = market.step()
-        return batch, market.state().to_json(), done
+        state = market.state()
+        if self._changed_universe is not None or self.book.used:
+            state.control["universe"] = self._changed_universe
+            state.control["scenarios"] = self.book.to_dict()
+        return batch, state.to_json(), done
 
     @staticmethod
     def _run_command(market: Market, command: Command) -> tuple[Command, Event | Exception]:
@@ -269,6 +286,7 @@ class Runtime:
 
         def apply(market: Market) -> Event:
             market.replace_simulator(sim)
+            self._changed_universe = universe.to_dict()  # saved with every state from now on
             return {"changes": changes}
 
         return await self._command("params", apply)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -171,6 +172,28 @@ class ScenarioBook:
         n = len(self.active)
         self.active = []
         return n
+
+    def to_dict(self) -> dict[str, Any]:
+        """What `restore` needs to carry on after a restart: the active overlays and the next id."""
+        active = [
+            {"id": a.id, "at_step": a.start_step, "scenario": a.scenario.to_dict()} for a in self.active
+        ]
+        return {"next_id": self._next_id, "active": active}
+
+    def restore(self, saved: Mapping[str, Any]) -> None:
+        """Carry on from `to_dict`'s output (ValueError if it is not that)."""
+        try:
+            active = [
+                Active(int(a["id"]), Scenario(**a["scenario"]), int(a["at_step"])) for a in saved["active"]
+            ]
+            self._next_id, self.active = int(saved["next_id"]), active
+        except (KeyError, TypeError) as exc:
+            raise ValueError(f"invalid saved scenarios: {exc!r}") from exc
+
+    @property
+    def used(self) -> bool:
+        """Whether any scenario was ever added (its ids must then go on after a restart)."""
+        return self._next_id > 1
 
     def overlay(self, step: int, model: FloatArray) -> Overlay:
         """The overlay for step `step` against the model's factor correlation `model`; drops what has

@@ -145,6 +145,32 @@ def test_control_needs_the_admin_key_when_keys_are_set(server_factory: ServerFac
     assert httpx.get(server.url + "/history/events", headers=user, timeout=15).status_code == 200
 
 
+def test_changed_parameters_and_active_scenarios_survive_a_restart(server_factory: ServerFactory) -> None:
+    server = server_factory(admin_keys="admin-secret").start()
+    patch = {"assets": {"UTIL": {"kappa": 6.0, "betas": [0.5, 0.0, 0.1, 0.0]}}}
+    assert httpx.patch(server.url + "/admin/params", json=patch, headers=ADMIN, timeout=15).status_code == 200
+    spike = post(server, "/admin/scenario", {"kind": "vol_spike", "multiplier": 4, "half_life": 36_000})
+    assert spike.status_code == 202, spike.text
+    time.sleep(0.5)
+    before = get(server, "/admin/params").json()
+    server.stop()
+    server.start()
+    after = get(server, "/admin/params").json()
+    assert after["assets"] == before["assets"]
+    assert next(a for a in after["assets"] if a["symbol"] == "UTIL")["kappa"] == 6.0
+    [active] = after["scenarios"]
+    assert (active["id"], active["kind"], active["at_step"]) == (
+        spike.json()["id"],
+        "vol_spike",
+        spike.json()["at_step"],
+    )
+    assert (
+        1.0 < after["overlay"]["var_scale"] <= before["overlay"]["var_scale"]
+    )  # still fading, from where it was
+    again = post(server, "/admin/scenario", {"kind": "vol_spike", "multiplier": 2, "half_life": 60})
+    assert again.json()["id"] == spike.json()["id"] + 1  # ids go on
+
+
 def check_events_are_stored_and_survive_a_restart(server: ServerProcess) -> None:
     post(server, "/admin/scenario", {"kind": "crash", "factor": "market", "size": -0.05})
     post(server, "/admin/scenario", {"kind": "vol_spike", "multiplier": 2, "half_life": 60})
