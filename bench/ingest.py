@@ -8,6 +8,8 @@ fast as the writer takes them, with the backlog checked to stay bounded; ticks p
 whole run, including the final flush. Baselines, measured in the same run: the plainest fast load of
 the same rows (SQLite `executemany` into a bare table; PostgreSQL binary COPY into a bare table) —
 what the store adds is its deduplication, indexes and the engine state in the same transaction.
+"+engine": the same number of ticks made meanwhile by the engine, as the server makes them (steps of
+LIVE_ASSETS assets on an engine thread), so the writer shares the cores and the GIL with it.
 
 Queries (PostgreSQL): one day of 1-minute candles for one symbol and a 10,000-tick page, from a table
 of `--rows` ticks, p50 and p99 over `--repeat` runs. PostgreSQL is started like the tests start it
@@ -18,18 +20,22 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import sqlite3
 import statistics
 import sys
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import asyncpg
 
+from marketfeed.engine import SECONDS_PER_YEAR, Simulator, Universe
 from marketfeed.history.candles import Interval
 from marketfeed.history.postgres import PostgresHistory
 from marketfeed.history.sqlite import SQLiteHistory
+from marketfeed.market import Market
 from marketfeed.runtime import quiet_garbage_collector
 from marketfeed.ticks import Tick, TickBatch
 
@@ -37,6 +43,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 from services import Postgres, free_port, postgres_bin, workdir
 
 DAY_NS = 86_400 * 10**9
+#: Assets per step when the engine makes the ticks: enough that the engine outpaces the writers (with
+#: 100, the engine's round trip per step holds it near 140,000 ticks/s, below what they take).
+LIVE_ASSETS = 1000
 
 
 def batches(steps: int, assets: int, start_ns: int, step_ns: int, first: int = 0) -> list[TickBatch]:
@@ -71,6 +80,38 @@ async def ingest(store: Store, data: list[TickBatch], bound: int) -> tuple[float
     elapsed = time.perf_counter() - t0
     await store.close()
     return sum(len(b) for b in data) / elapsed, worst
+
+
+async def ingest_live(store: Store, steps: int, assets: int, bound: int) -> tuple[float, int]:
+    """The same, with the ticks made by the engine as the server makes them: a step (model, ticks,
+    their JSON, the state snapshot) on an engine thread, then `write` on the loop, so the writer and
+    the engine share the two cores."""
+    base = Universe.default().assets
+    names = [dataclasses.replace(base[i % len(base)], symbol=f"S{i:03d}") for i in range(assets)]
+    universe = dataclasses.replace(Universe.default(), assets=tuple(names))
+    market = Market(Simulator(universe, dt=0.1 / SECONDS_PER_YEAR, seed=1))
+    t_start = time.time_ns()
+
+    def step(k: int) -> tuple[TickBatch, str]:
+        batch = market.step(t_start + k * 10**8)
+        return batch, market.state().to_json()
+
+    loop = asyncio.get_running_loop()
+    await store.start()
+    worst, ticks = 0, 0
+    with ThreadPoolExecutor(1, thread_name_prefix="engine") as engine:
+        t0 = time.perf_counter()
+        for k in range(steps):
+            batch, state = await loop.run_in_executor(engine, step, k)
+            store.write(batch, state=state)
+            ticks += len(batch)
+            worst = max(worst, int(store.metrics()["history_backlog_rows"]))
+            while store.metrics()["history_backlog_rows"] > bound:
+                await asyncio.sleep(0.001)
+        await store.flush()
+        elapsed = time.perf_counter() - t0
+    await store.close()
+    return ticks / elapsed, worst
 
 
 def rows_of(data: list[TickBatch]) -> list[tuple[int, str, int, int, float, float, float, int, float]]:
@@ -166,6 +207,11 @@ async def main_async(args: argparse.Namespace) -> None:
         rate, worst = await ingest(lite, data, args.bound)
         base = sqlite_baseline(Path(tmp) / "bare.sqlite3", data)
         print(row("sqlite", rate, base, worst, "executemany, bare table"))
+        lite = SQLiteHistory(Path(tmp) / "live.sqlite3", flush_rows=args.flush_rows)
+        rate, worst = await ingest_live(
+            lite, args.steps * args.assets // LIVE_ASSETS, LIVE_ASSETS, args.bound
+        )
+        print(row("  +engine", rate, base, worst, "the same, the engine making the ticks meanwhile"))
     bindir = postgres_bin()
     if bindir is None:
         print("postgres: not installed (sudo bash .ci/install-services.sh); skipped")
@@ -178,6 +224,11 @@ async def main_async(args: argparse.Namespace) -> None:
         rate, worst = await ingest(PostgresHistory(dsn, flush_rows=args.flush_rows), data, args.bound)
         base = await postgres_baseline(dsn, data)
         print(row("postgres", rate, base, worst, "binary COPY, bare table"))
+        live = PostgresHistory(
+            await asyncio.to_thread(server.create_database, "live"), flush_rows=args.flush_rows
+        )
+        rate, worst = await ingest_live(live, args.steps, args.assets, args.bound)
+        print(row("  +engine", rate, base, worst, "the same, the engine making the ticks meanwhile"))
         # The ingest data (millions of Tick objects) would otherwise stay alive through the queries,
         # and a full garbage collection over them lands in a query now and then (~400 ms here).
         data.clear()
