@@ -352,7 +352,7 @@ def test_migration_plan_per_flavour() -> None:
     assert plain == [
         "0001_schema.postgres.sql",
         "0002_symbol_time_index.postgres.sql",
-        "0004_events.postgres.sql",
+        "0004_events.sql",
         "0005_candles_1m.postgres.sql",
         "0006_ticks_keys.postgres.sql",
     ]
@@ -360,7 +360,7 @@ def test_migration_plan_per_flavour() -> None:
         "0001_schema.timescale.sql",
         "0002_candles_1m.timescale.sql",
         "0003_symbol_time_index.timescale.sql",
-        "0004_events.timescale.sql",
+        "0004_events.sql",
     ]
 
 

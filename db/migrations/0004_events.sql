@@ -1,5 +1,7 @@
 -- Market events (scenarios, parameter changes) in the order they happened; `record` is the whole
--- event as announced on the streams. A plain table: a few rows, no hypertable needed.
+-- event as announced on the streams. Written in the transaction of the ticks they precede. One file
+-- for both flavours: a plain table (a few rows, no hypertable needed). Databases that applied the
+-- earlier per-flavour copies of it have version 4 recorded and skip this.
 CREATE TABLE IF NOT EXISTS events (
     id      bigserial PRIMARY KEY,
     ts      bigint    NOT NULL,
