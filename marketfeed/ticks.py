@@ -51,18 +51,7 @@ class Tick(NamedTuple):
         return iso_time(self.ts)
 
     def to_dict(self) -> dict[str, Any]:
-        return {
-            "symbol": self.symbol,
-            "seq": self.seq,
-            "gseq": self.gseq,
-            "ts": self.ts,
-            "time": self.time,
-            "price": self.price,
-            "bid": self.bid,
-            "ask": self.ask,
-            "size": self.size,
-            "vol": self.vol,
-        }
+        return tick_dict(*self)
 
     def to_json(self) -> bytes:
         return orjson.dumps(self.to_dict())
@@ -92,27 +81,21 @@ def iso_time(ts_ns: int) -> str:
     return datetime.fromtimestamp(seconds, UTC).strftime("%Y-%m-%dT%H:%M:%S") + f".{ns // 1000:06d}Z"
 
 
+def tick_dict(
+    symbol: str, seq: int, gseq: int, ts: int, price: float, bid: float, ask: float, size: int, vol: float
+) -> dict[str, Any]:
+    """A tick as the API shows it (`Tick.to_dict`), from its fields in order: a function of the
+    fields, so `encode_ticks` unpacks each tick once instead of reading ten attributes."""
+    return {
+        "symbol": symbol, "seq": seq, "gseq": gseq, "ts": ts, "time": iso_time(ts),
+        "price": price, "bid": bid, "ask": ask, "size": size, "vol": vol,
+    }  # fmt: skip
+
+
 def encode_ticks(ticks: Sequence[Tick]) -> list[bytes]:
-    """`Tick.to_json()` of each tick, with the dict built inline (every tick of every step goes
-    through here)."""
+    """`Tick.to_json()` of each tick (every tick of every step goes through here)."""
     dumps = orjson.dumps
-    return [
-        dumps(
-            {
-                "symbol": s,
-                "seq": q,
-                "gseq": g,
-                "ts": ts,
-                "time": iso_time(ts),
-                "price": p,
-                "bid": b,
-                "ask": a,
-                "size": z,
-                "vol": v,
-            }
-        )
-        for s, q, g, ts, p, b, a, z, v in ticks
-    ]
+    return [dumps(tick_dict(*t)) for t in ticks]
 
 
 def sse_event(tick_json: bytes, gseq: int) -> bytes:
