@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
 import time
 import uuid
 from collections import defaultdict
@@ -144,3 +146,45 @@ def test_a_broker_outage_neither_blocks_the_loop_nor_loses_ticks(kafka: Kafka) -
     messages = consume_all(kafka, topic, steps * len(SYMBOLS))
     assert len(messages) == steps * len(SYMBOLS)
     assert_exactly_once(messages, steps)
+
+
+def test_a_killed_producer_process_is_replaced_and_every_tick_accounted_for(kafka: Kafka) -> None:
+    topic = f"t-{uuid.uuid4().hex[:8]}"
+    n = len(SYMBOLS)
+
+    async def wait_delivered(bus: KafkaBus, count: int) -> None:
+        deadline = time.monotonic() + 30
+        while bus.metrics()["kafka_delivered_total"] < count and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+
+    async def scenario() -> tuple[KafkaBus, int, int | None, Status]:
+        bus = KafkaBus(kafka.bootstrap, topic=topic, partitions=3)
+        await bus.start()
+        for step in range(20):
+            await bus.publish(batch(step))
+        await wait_delivered(bus, 20 * n)
+        first = bus.producer_pid
+        assert first is not None
+        os.kill(first, signal.SIGKILL)
+        deadline = time.monotonic() + 10
+        while bus.health().status is Status.OK and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        degraded = bus.health().status
+        for step in range(20, 40):
+            await bus.publish(batch(step))
+        await wait_delivered(bus, 40 * n)
+        await bus.close()
+        return bus, first, bus.producer_pid, degraded
+
+    bus, first, second, degraded = asyncio.run(scenario())
+    assert degraded is Status.DEGRADED
+    assert second is not None
+    assert second != first
+    metrics = bus.metrics()
+    assert metrics["kafka_delivered_total"] == 40 * n  # it was idle when killed: nothing lost
+    assert metrics["kafka_delivery_failed_total"] == 0
+    assert metrics["kafka_in_flight"] == 0
+    assert bus.health().status is Status.OK  # deliveries resumed
+    messages = consume_all(kafka, topic, 40 * n)
+    assert len(messages) == 40 * n
+    assert_exactly_once(messages, 40)

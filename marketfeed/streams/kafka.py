@@ -1,10 +1,10 @@
 """The Kafka bus (confluent-kafka): the engine produces every tick, edges consume and regroup them.
 
-confluent-kafka is not asyncio, so nothing here blocks the event loop: `publish` hands the batch to a
-producer thread (one `produce` call per tick is about a microsecond and a half each, too much to run
-on the loop at hundreds of thousands of ticks a second), a background thread polls for delivery
-reports and hands their counts to the loop with `call_soon_threadsafe`, and topic administration,
-flushing and consuming run on threads.
+confluent-kafka is not asyncio, so nothing here blocks the event loop. Producing runs in a child
+process (kafka_producer.py: `produce` holds the GIL for each of hundreds of thousands of calls a
+second, and a thread of ours would take the GIL from the loop for most of that time); `publish` puts
+the step on a queue, a sender thread writes it to the child, a reader thread hands the child's
+counters to the loop with `call_soon_threadsafe`. Topic administration and consuming run on threads.
 
 Topic layout: one message per tick, key = symbol (so each symbol stays in order in its partition),
 value = the tick JSON (the bytes encoded once per batch), headers `schema-version`, `step` and
@@ -15,11 +15,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
+import pickle
 import queue
+import subprocess
+import sys
 import threading
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
 from typing import Any
 
 from confluent_kafka import (
@@ -28,13 +33,13 @@ from confluent_kafka import (
     KafkaError,
     KafkaException,
     Message,
-    Producer,
     TopicPartition,
 )
 from confluent_kafka.admin import AdminClient
 from confluent_kafka.cimpl import NewTopic
 
 from marketfeed.health import Health
+from marketfeed.streams.kafka_producer import Status, read_frame, write_frame
 from marketfeed.ticks import SCHEMA_VERSION, Tick, TickBatch
 
 log = logging.getLogger(__name__)
@@ -43,9 +48,20 @@ log = logging.getLogger(__name__)
 STEP_WAIT_S = 1.0
 #: Longest wait of an edge's consume() call for more messages before it hands over what it has.
 CONSUME_WAIT_S = 0.005
-#: The producer thread lets the GIL go after this many `produce` calls, so the event loop never waits
-#: for it more than about a tenth of a millisecond (Python's own switch interval is 5 ms).
-PRODUCE_SLICE = 64
+#: How long close() waits for the producer process to flush and exit (it flushes for 15 s).
+CLOSE_WAIT_S = 30.0
+
+NO_STATUS = Status(0, 0, 0, 0, 0, None)
+
+
+@dataclass
+class Totals:
+    """What producer processes that have exited did, kept when a new one starts."""
+
+    produced: int = 0
+    delivered: int = 0
+    failed: int = 0
+    buffer_full: int = 0
 
 
 class KafkaBus:
@@ -64,19 +80,38 @@ class KafkaBus:
         self.partitions = partitions
         self.buffer_messages = buffer_messages
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._producer: Producer | None = None
-        self._poller: threading.Thread | None = None
         self._outbox: queue.SimpleQueue[TickBatch | None] = queue.SimpleQueue()
         self._sender: threading.Thread | None = None
-        self._stopping = threading.Event()
         self._error: str | None = None
-        self._failed_pending = 0  # counted on the poll thread, handed to the loop in bulk
-        self.produced = 0
-        self.handed_over = 0  #: ticks given to the producer thread (produced, or dropped when full)
-        self.delivered = 0
-        self.failed = 0
-        self.buffer_full = 0
+        # On the loop: the running producer process's last Status, and the totals of earlier ones.
+        self._status = NO_STATUS
+        self._past = Totals()
+        self.handed_over = 0  #: ticks given to publish (in flight, delivered, failed or refused)
+        self.refused = 0  #: refused by publish: as many ticks in flight as the buffer holds
         self.consumed = 0
+        self.producer_pid: int | None = None  #: the producer process now running
+
+    # Counters over every producer process this bus has run.
+    @property
+    def produced(self) -> int:
+        return self._past.produced + self._status.produced
+
+    @property
+    def delivered(self) -> int:
+        st = self._status
+        return self._past.delivered + st.produced - st.failed - st.queued
+
+    @property
+    def failed(self) -> int:
+        return self._past.failed + self._status.failed
+
+    @property
+    def buffer_full(self) -> int:
+        return self.refused + self._past.buffer_full + self._status.buffer_full
+
+    @property
+    def in_flight(self) -> int:
+        return self.handed_over - self.buffer_full - self.delivered - self.failed
 
     # --- lifecycle -------------------------------------------------------------------------------
     async def start(self) -> None:
@@ -99,101 +134,111 @@ class KafkaBus:
             if exc.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:  # another process made it first
                 raise
 
-    def producer(self) -> Producer:
-        if self._producer is None:
-            self._producer = Producer(
-                {
-                    "bootstrap.servers": self.bootstrap,
-                    "enable.idempotence": True,  # no duplicates from internal retries
-                    "acks": "all",
-                    "linger.ms": 5,  # let a step's ticks share requests
-                    "batch.num.messages": 10_000,
-                    "compression.type": "lz4",
-                    # Bounded: an unreachable broker fills this, then produce() raises BufferError and we
-                    # count the drop rather than grow without limit.
-                    "queue.buffering.max.messages": self.buffer_messages,
-                    "queue.buffering.max.kbytes": 256 * 1024,
-                    # Keep retrying for five minutes, so a broker restart loses nothing.
-                    "message.timeout.ms": 300_000,
-                    # A Python callback per delivered message would cost more than producing it: only
-                    # failures are reported; successes are what left the queue without failing.
-                    "delivery.report.only.error": True,
-                    "on_delivery": self._on_delivery,
-                    "error_cb": self._on_error,
-                }
-            )
-            self._poller = threading.Thread(target=self._poll, name="kafka-poll", daemon=True)
-            self._poller.start()
-            self._sender = threading.Thread(target=self._send, name="kafka-produce", daemon=True)
-            self._sender.start()
-        return self._producer
-
     async def close(self) -> None:
-        if self._sender is not None:  # every batch handed over is produced before the flush
+        if self._sender is not None:  # every batch handed over is produced and flushed first
             self._outbox.put(None)
             await asyncio.to_thread(self._sender.join)
-        if self._producer is not None:
-            remaining = await asyncio.to_thread(self._producer.flush, 15.0)
-            if remaining:
-                log.error("kafka: %d ticks still undelivered at shutdown", remaining)
-            self._stopping.set()
-            if self._poller is not None:
-                await asyncio.to_thread(self._poller.join, 5.0)
-            self._collect(len(self._producer))
-        self._stopping.set()
+            await asyncio.sleep(0)  # the sender's last call_soon_threadsafe callbacks run
+            if self.in_flight:
+                log.error("kafka: %d ticks still undelivered at shutdown", self.in_flight)
 
     # --- producing (engine side) -----------------------------------------------------------------
     async def publish(self, batch: TickBatch) -> None:
-        self.producer()
+        if self._sender is None:
+            self._loop = asyncio.get_running_loop()
+            self._sender = threading.Thread(target=self._send, name="kafka-send", daemon=True)
+            self._sender.start()
+        if self.in_flight + len(batch) > self.buffer_messages:
+            self.handed_over += len(batch)
+            self.refused += len(batch)
+            self._set_error("producer buffer full: the broker is not taking ticks")
+            return
         self.handed_over += len(batch)
         self._outbox.put(batch)
 
-    def _send(self) -> None:  # the producer thread: batches in order, so each symbol stays in order
-        producer = self.producer()
-        calls = 0
-        while (batch := self._outbox.get()) is not None:
-            headers: list[tuple[str, str | bytes | None]] = [
-                ("schema-version", str(SCHEMA_VERSION).encode()),
-                ("step", str(batch.step).encode()),
-                ("batch-size", str(len(batch)).encode()),
-            ]
-            for t, value in zip(batch.ticks, batch.encoded, strict=True):
-                calls += 1
-                if calls % PRODUCE_SLICE == 0:
-                    time.sleep(0)  # releases the GIL: the loop gets it within this slice
+    def _call(self, callback: Callable[..., None], *args: Any) -> None:  # from a thread, onto the loop
+        if self._loop is not None:
+            with contextlib.suppress(RuntimeError):  # the loop is closing
+                self._loop.call_soon_threadsafe(callback, *args)
+
+    def _spawn(self) -> tuple[subprocess.Popen[bytes], threading.Thread]:
+        config = {"bootstrap": self.bootstrap, "topic": self.topic,
+                  "buffer_messages": self.buffer_messages, "schema_version": SCHEMA_VERSION}  # fmt: skip
+        child = subprocess.Popen(
+            [sys.executable, "-m", "marketfeed.streams.kafka_producer", json.dumps(config)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+        )
+        reader = threading.Thread(target=self._read, args=(child,), name="kafka-status", daemon=True)
+        reader.start()
+        return child, reader
+
+    def _send(self) -> None:
+        """The sender thread: owns the producer process, writes it each step in order (so each symbol
+        stays in order), starts another if it exits, and accounts for what one that exited held."""
+        child: subprocess.Popen[bytes] | None = None
+        reader: threading.Thread | None = None
+        sent = 0  # ticks written to the current child
+        while True:
+            batch = self._outbox.get()
+            if child is not None and reader is not None and (batch is None or child.poll() is not None):
+                with contextlib.suppress(OSError):
+                    child.stdin.close()  # type: ignore[union-attr]  # at shutdown: flush, report, exit
                 try:
-                    producer.produce(self.topic, value=value, key=t.symbol, headers=headers)
-                except BufferError:
-                    self.buffer_full += 1
-                    self._set_error("producer buffer full: the broker is not taking ticks")
-                    continue
-                self.produced += 1
+                    child.wait(CLOSE_WAIT_S)
+                except subprocess.TimeoutExpired:
+                    child.kill()
+                reader.join()  # its statuses are on the loop before the exit is
+                self._call(self._exited, sent)
+                child, reader, sent = None, None, 0
+            if batch is None:
+                return
+            if child is None:
+                child, reader = self._spawn()
+                self.producer_pid = child.pid
+            frame = pickle.dumps((batch.step, [t.symbol for t in batch.ticks], batch.encoded), 5)
+            try:
+                write_frame(child.stdin, frame)  # type: ignore[arg-type]
+                sent += len(batch)
+            except OSError:  # the child is gone: this step is lost with what it held
+                self._call(self._lost, len(batch))
 
-    def _poll(self) -> None:
-        while not self._stopping.is_set():
-            if self._producer is not None:
-                self._producer.poll(0.1)
-                if self._loop is not None:
-                    with contextlib.suppress(RuntimeError):  # the loop is closing
-                        self._loop.call_soon_threadsafe(self._collect, len(self._producer))
+    def _read(self, child: subprocess.Popen[bytes]) -> None:
+        """A reader thread: the child's counters to the loop, until it exits."""
+        final = False
+        while (frame := read_frame(child.stdout)) is not None:  # type: ignore[arg-type]
+            status = Status(*pickle.loads(frame))
+            final = status.final
+            self._call(self._on_status, status)
+        child.wait()
+        child.stdout.close()  # type: ignore[union-attr]
+        if not final:
+            self._call(self._set_error, f"kafka producer process exited with code {child.returncode}")
 
-    def _on_delivery(self, err: KafkaError | None, msg: Message) -> None:  # on the poll thread
-        if err is not None:
-            self._failed_pending += 1
-            self._error = f"delivery failed: {err.str()}"
-
-    def _collect(self, queued: int) -> None:
-        """On the loop: `queued` messages are still in librdkafka; the rest succeeded or failed."""
-        failed = self._failed_pending
-        self._failed_pending -= failed
-        self.failed += failed
-        delivered = self.produced - self.failed - queued
-        if delivered > self.delivered and not failed:
+    def _on_status(self, status: Status) -> None:  # on the loop
+        seen, delivered, failed = self._status.errors, self.delivered, self.failed
+        self._status = status
+        if status.errors > seen:
+            self._set_error(status.error or "kafka error")
+        elif self.delivered > delivered and self.failed == failed:
             self._error = None  # the broker takes ticks again
-        self.delivered = max(self.delivered, delivered)
 
-    def _on_error(self, err: KafkaError) -> None:  # on librdkafka's threads
-        self._set_error(err.str())
+    def _exited(self, sent: int) -> None:  # on the loop: the producer process has exited
+        st = self._status
+        delivered = st.produced - st.failed - st.queued
+        # Whatever it had not confirmed is lost with it: queued in librdkafka, or still in the pipe.
+        lost = sent - delivered - st.failed - st.buffer_full
+        self._past.produced += st.produced
+        self._past.delivered += delivered
+        self._past.failed += st.failed + lost
+        self._past.buffer_full += st.buffer_full
+        self._status = NO_STATUS
+        if lost:
+            self._set_error(f"kafka producer process exited with {lost} ticks unconfirmed")
+
+    def _lost(self, ticks: int) -> None:  # on the loop
+        self._past.failed += ticks
+        self._set_error("kafka producer process gone: a step was lost")
 
     def _set_error(self, message: str) -> None:
         if self._error is None:
@@ -273,7 +318,7 @@ class KafkaBus:
             "kafka_delivered_total": self.delivered,
             "kafka_delivery_failed_total": self.failed,
             "kafka_buffer_full_total": self.buffer_full,
-            "kafka_in_flight": self.handed_over - self.buffer_full - self.delivered - self.failed,
+            "kafka_in_flight": self.in_flight,
             "kafka_consumed_total": self.consumed,
         }
 
