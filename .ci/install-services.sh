@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what the integration and browser tests need, when it is missing (idempotent, fast when
 # everything is there):
-#   - PostgreSQL, Redis, Chromium and ChromeDriver from Debian's packages (needs root);
+#   - PostgreSQL, Redis, Chromium and ChromeDriver (and Java, Maven, npm, Go, CMake) from Debian's
+#     packages (needs root);
 #   - Apache Kafka's broker jars from Maven Central, resolved by Maven from .ci/kafka/pom.xml into a
 #     cache outside the repository (${XDG_CACHE_HOME:-~/.cache}/marketfeed/kafka-<version>/libs).
 # The tests start the servers themselves, on free loopback ports, in temporary directories.
@@ -17,6 +18,8 @@ command -v java >/dev/null 2>&1 || packages+=(default-jre-headless)
 command -v mvn >/dev/null 2>&1 || packages+=(maven)
 command -v npm >/dev/null 2>&1 || packages+=(npm)
 command -v go >/dev/null 2>&1 || packages+=(golang)
+# tests/test_engine_isa.py builds the engine for other instruction sets with CMake directly.
+command -v cmake >/dev/null 2>&1 || packages+=(cmake)
 
 if ((${#packages[@]})); then
   if [[ $(id -u) -eq 0 ]]; then

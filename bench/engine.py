@@ -146,7 +146,7 @@ def main() -> None:
     u = universe(args.assets)
     dt = 1.0 / (252 * 390)  # one minute of a trading day
     n = args.assets
-    build = "native (-march=native)" if _engine.native else "portable"
+    build = "native (-march=native)" if _engine.native else f"portable, running {_engine.isa}"
     print(
         f"engine benchmark: {n} assets, {len(u.factors)} factors, dt = 1 min; build: {build}; "
         f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores; "

@@ -49,6 +49,16 @@ struct ModelParams {
   Scheme scheme = Scheme::QE;
 };
 
+// Runtime dispatch (MARKETFEED_DISPATCH, set by CMake for portable x86-64 builds): the hot paths are
+// cloned for x86-64-v4 (AVX-512), x86-64-v3 (AVX2, FMA) and baseline x86-64, and an ifunc picks one
+// when the module loads. The build never contracts a * b + c into an FMA (-ffp-contract=off), and the
+// loops are element-wise, so every copy (and a -march=native build) computes the same bits.
+#if defined(MARKETFEED_DISPATCH)
+#define MF_HOT [[gnu::target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default"), gnu::flatten]]
+#else
+#define MF_HOT
+#endif
+
 // Counter layout of the generator: (index, step low, step high, stream).
 enum Stream : std::uint32_t { kAssetStream = 0, kFactorStream = 1 };
 
@@ -161,13 +171,8 @@ class Engine {
       for (std::size_t t = 0; t < n; ++t) {
         const bool record = rows == n || t + 1 == n;
         const std::size_t row = rows == n ? t : 0;
-        for (std::size_t b = begin; b < end; b += kBlock) {
-          const std::size_t e = std::min(end, b + kBlock);
-          if (rows == n) std::copy(x_.begin() + b, x_.begin() + e, s.x_prev.begin());
-          advance_block(b, e, step_ + t, &f[t * K], s);
-          if (record) write_block(b, e, prices + row * N, variances + row * N,
-                                  rows == n ? log_returns + row * N : nullptr, s);
-        }
+        step_blocks(begin, end, step_ + t, &f[t * K], rows == n, record ? prices + row * N : nullptr,
+                    variances + row * N, rows == n ? log_returns + row * N : nullptr, s);
       }
       if (rows == 1)
         for (std::size_t i = begin; i < end; ++i) log_returns[i] = x_[i] - x_start[i];
@@ -184,12 +189,7 @@ class Engine {
     auto work = [&](std::size_t begin, std::size_t end) {
       Scratch s(std::min<std::size_t>(kBlock, end - begin));
       double acc = 0.0;
-      for (std::size_t t = 0; t < n; ++t)
-        for (std::size_t b = begin; b < end; b += kBlock) {
-          const std::size_t e = std::min(end, b + kBlock);
-          draw_block(b, e, first + t, s);
-          acc += s.z_idio[0] + s.z_perp[e - b - 1];
-        }
+      for (std::size_t t = 0; t < n; ++t) acc += draw_blocks(begin, end, first + t, s);
       sums[begin * sums.size() / std::max<std::size_t>(1, p_.n_assets)] += acc;
     };
     parallel_over_assets(work);
@@ -211,6 +211,31 @@ class Engine {
     std::vector<double> x_prev;  // log-prices before the step, for per-step returns
     std::vector<double> drift;   // lifted scheme: the step's variance increment before the kernel
   };
+
+  // The hot paths: one step of the assets [begin, end), block by block, and the benchmark's floor.
+  // In portable x86-64 builds MF_HOT compiles each for three instruction sets, everything they call
+  // inlined into each copy (so the whole block step is vectorised for that set), and the loader picks
+  // the copy for the machine. prices == nullptr: the step is not recorded.
+  MF_HOT void step_blocks(std::size_t begin, std::size_t end, std::uint64_t step, const double* f,
+                          bool keep_prev, double* prices, double* variances, double* log_returns,
+                          Scratch& s) {
+    for (std::size_t b = begin; b < end; b += kBlock) {
+      const std::size_t e = std::min(end, b + kBlock);
+      if (keep_prev) std::copy(x_.begin() + b, x_.begin() + e, s.x_prev.begin());
+      advance_block(b, e, step, f, s);
+      if (prices != nullptr) write_block(b, e, prices, variances, log_returns, s);
+    }
+  }
+
+  MF_HOT double draw_blocks(std::size_t begin, std::size_t end, std::uint64_t step, Scratch& s) const {
+    double acc = 0.0;
+    for (std::size_t b = begin; b < end; b += kBlock) {
+      const std::size_t e = std::min(end, b + kBlock);
+      draw_block(b, e, step, s);
+      acc += s.z_idio[0] + s.z_perp[e - b - 1];
+    }
+    return acc;
+  }
 
   // The market regime is a Markov chain advanced once per step, before the factor shocks, from its own
   // counter (index 0xFFFFFFFF of the factor stream), so with one regime nothing else changes.
@@ -295,7 +320,7 @@ class Engine {
       const double fk = f[k];
       const double* a = &p_.loadings[k * N + b];
 #pragma omp simd
-      for (std::size_t j = 0; j < m; ++j) w[j] += a[j] * fk;
+      for (std::size_t j = 0; j < m; ++j) w[j] = fmad(a[j], fk, w[j]);
     }
     if (p_.scheme == Scheme::QE) {
       // Small steps keep psi far below 1.5 for every asset: then only the quadratic branch is needed,
@@ -337,12 +362,12 @@ class Engine {
     const double dt = p_.dt, g = var_scale_, sg = std::sqrt(var_scale_);
 #pragma omp simd
     for (std::size_t j = 0; j < m; ++j) {
-      const double ws = w[j] + idio[j] * static_cast<double>(zi[j]);
-      const double wv = rho[j] * ws + rc[j] * static_cast<double>(zp[j]);
+      const double ws = fmad(idio[j], static_cast<double>(zi[j]), w[j]);
+      const double wv = fmad(rc[j], static_cast<double>(zp[j]), rho[j] * ws);
       const double vp = v[j] > 0.0 ? v[j] : 0.0;  // full truncation: v+ in drift and diffusion
       const double sq = std::sqrt(vp * dt);
       x[j] += mu[j] - 0.5 * g * vp * dt + sg * sq * ws;
-      const double dv = kap[j] * (th[j] - vp) + xi[j] * sq * wv;
+      const double dv = fmad(kap[j], th[j] - vp, xi[j] * sq * wv);
       if constexpr (kLifted) {
         dr[j] = dv;
         v[j] = v0[j];
@@ -369,7 +394,7 @@ class Engine {
     int exponential = 0;
 #pragma omp simd reduction(+ : exponential)
     for (std::size_t j = 0; j < m; ++j) {
-      const double mm = th[j] + (v[j] - th[j]) * E[j];
+      const double mm = fmad(v[j] - th[j], E[j], th[j]);
       exponential += (v[j] * c1[j] + c2[j]) > 1.5 * mm * mm ? 1 : 0;
     }
     return exponential == 0;
@@ -391,12 +416,12 @@ class Engine {
     const double dt = p_.dt, g = var_scale_, sg = std::sqrt(var_scale_);
 #pragma omp simd
     for (std::size_t j = 0; j < m; ++j) {
-      const double ws = w[j] + idio[j] * static_cast<double>(zi[j]);
-      const double zv = rho[j] * ws + rc[j] * static_cast<double>(zp[j]);  // variance shock
-      const double zs = rc[j] * ws - rho[j] * static_cast<double>(zp[j]);  // independent of zv
+      const double ws = fmad(idio[j], static_cast<double>(zi[j]), w[j]);
+      const double zv = fmad(rc[j], static_cast<double>(zp[j]), rho[j] * ws);   // variance shock
+      const double zs = fmad(rc[j], ws, -rho[j] * static_cast<double>(zp[j]));  // independent of zv
       const double v0 = v[j];
-      const double mm = th[j] + (v0 - th[j]) * E[j];
-      const double s2 = v0 * c1[j] + c2[j];
+      const double mm = fmad(v0 - th[j], E[j], th[j]);
+      const double s2 = fmad(v0, c1[j], c2[j]);
       const double psi = s2 / (mm * mm);
       const bool quadratic = psi <= 1.5;
       // Quadratic branch (psi clamped so the unused lanes stay finite).
