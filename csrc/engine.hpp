@@ -320,7 +320,7 @@ class Engine {
       const double fk = f[k];
       const double* a = &p_.loadings[k * N + b];
 #pragma omp simd
-      for (std::size_t j = 0; j < m; ++j) w[j] = fmad(a[j], fk, w[j]);
+      for (std::size_t j = 0; j < m; ++j) w[j] = fused(a[j], fk, w[j]);
     }
     if (p_.scheme == Scheme::QE) {
       // Small steps keep psi far below 1.5 for every asset: then only the quadratic branch is needed,
@@ -362,12 +362,12 @@ class Engine {
     const double dt = p_.dt, g = var_scale_, sg = std::sqrt(var_scale_);
 #pragma omp simd
     for (std::size_t j = 0; j < m; ++j) {
-      const double ws = fmad(idio[j], static_cast<double>(zi[j]), w[j]);
-      const double wv = fmad(rc[j], static_cast<double>(zp[j]), rho[j] * ws);
+      const double ws = fused(idio[j], static_cast<double>(zi[j]), w[j]);
+      const double wv = fused(rc[j], static_cast<double>(zp[j]), rho[j] * ws);
       const double vp = v[j] > 0.0 ? v[j] : 0.0;  // full truncation: v+ in drift and diffusion
       const double sq = std::sqrt(vp * dt);
       x[j] += mu[j] - 0.5 * g * vp * dt + sg * sq * ws;
-      const double dv = fmad(kap[j], th[j] - vp, xi[j] * sq * wv);
+      const double dv = fused(kap[j], th[j] - vp, xi[j] * sq * wv);
       if constexpr (kLifted) {
         dr[j] = dv;
         v[j] = v0[j];
@@ -394,7 +394,7 @@ class Engine {
     int exponential = 0;
 #pragma omp simd reduction(+ : exponential)
     for (std::size_t j = 0; j < m; ++j) {
-      const double mm = fmad(v[j] - th[j], E[j], th[j]);
+      const double mm = fused(v[j] - th[j], E[j], th[j]);
       exponential += (v[j] * c1[j] + c2[j]) > 1.5 * mm * mm ? 1 : 0;
     }
     return exponential == 0;
@@ -416,12 +416,12 @@ class Engine {
     const double dt = p_.dt, g = var_scale_, sg = std::sqrt(var_scale_);
 #pragma omp simd
     for (std::size_t j = 0; j < m; ++j) {
-      const double ws = fmad(idio[j], static_cast<double>(zi[j]), w[j]);
-      const double zv = fmad(rc[j], static_cast<double>(zp[j]), rho[j] * ws);   // variance shock
-      const double zs = fmad(rc[j], ws, -rho[j] * static_cast<double>(zp[j]));  // independent of zv
+      const double ws = fused(idio[j], static_cast<double>(zi[j]), w[j]);
+      const double zv = fused(rc[j], static_cast<double>(zp[j]), rho[j] * ws);   // variance shock
+      const double zs = fused(rc[j], ws, -rho[j] * static_cast<double>(zp[j]));  // independent of zv
       const double v0 = v[j];
-      const double mm = fmad(v0 - th[j], E[j], th[j]);
-      const double s2 = fmad(v0, c1[j], c2[j]);
+      const double mm = fused(v0 - th[j], E[j], th[j]);
+      const double s2 = fused(v0, c1[j], c2[j]);
       const double psi = s2 / (mm * mm);
       const bool quadratic = psi <= 1.5;
       // Quadratic branch (psi clamped so the unused lanes stay finite).

@@ -6,18 +6,34 @@
 #pragma once
 
 #include <bit>
+#include <cstddef>
 #include <cstdint>
+#include <utility>
 
 namespace mf {
 
 #define MF_INLINE [[gnu::always_inline]] inline
 
-// a * b + c with one rounding, for the polynomials below. Written out because the build never lets
-// the compiler contract a * b + c by itself (-ffp-contract=off: it would do so only where the target
-// has FMA, and builds for different CPUs would compute different bits). One instruction where the CPU
-// has FMA; elsewhere libm's exact emulation, much slower but the same result.
-MF_INLINE double fmad(double a, double b, double c) { return __builtin_fma(a, b, c); }
-MF_INLINE float fmaf_(float a, float b, float c) { return __builtin_fmaf(a, b, c); }
+// a * b + c with one rounding. Written out because the build never lets the compiler contract
+// a * b + c by itself (-ffp-contract=off: it would do so only where the target has FMA, and builds for
+// different CPUs would compute different bits). One instruction where the CPU has FMA; elsewhere
+// libm's exact emulation, much slower but the same result.
+MF_INLINE double fused(double a, double b, double c) { return __builtin_fma(a, b, c); }
+MF_INLINE float fused(float a, float b, float c) { return __builtin_fmaf(a, b, c); }
+
+// c[0] x^(N-1) + c[1] x^(N-2) + ... + c[N-1] by Horner's rule, one fused step per coefficient,
+// unrolled at compile time (a loop here, even a short one, stops the caller's loop vectorising).
+template <class T, std::size_t N, std::size_t... I>
+MF_INLINE T horner_steps(T x, const T (&c)[N], std::index_sequence<I...>) {
+  T p = c[0];
+  ((p = fused(p, x, c[I + 1])), ...);
+  return p;
+}
+
+template <class T, std::size_t N>
+MF_INLINE T horner(T x, const T (&c)[N]) {
+  return horner_steps(x, c, std::make_index_sequence<N - 1>{});
+}
 
 // exp(x) for x in [-700, 700] (clamped), relative error ~2e-16.
 MF_INLINE double vexp(double x) {
@@ -29,20 +45,10 @@ MF_INLINE double vexp(double x) {
   const std::int64_t ni = std::bit_cast<std::int64_t>(kd) - std::bit_cast<std::int64_t>(shifter);
   const double r = (x - n * 0x1.62e42fefa3800p-1) - n * 0x1.ef35793c76730p-45;  // ln 2 split in two
   // Taylor series to r^13 / 13!: |r| <= ln(2)/2 so the truncation error is below 1e-17.
-  double p = 1.0 / 6227020800.0;
-  p = fmad(p, r, 1.0 / 479001600.0);
-  p = fmad(p, r, 1.0 / 39916800.0);
-  p = fmad(p, r, 1.0 / 3628800.0);
-  p = fmad(p, r, 1.0 / 362880.0);
-  p = fmad(p, r, 1.0 / 40320.0);
-  p = fmad(p, r, 1.0 / 5040.0);
-  p = fmad(p, r, 1.0 / 720.0);
-  p = fmad(p, r, 1.0 / 120.0);
-  p = fmad(p, r, 1.0 / 24.0);
-  p = fmad(p, r, 1.0 / 6.0);
-  p = fmad(p, r, 0.5);
-  p = fmad(p, r, 1.0);
-  p = fmad(p, r, 1.0);
+  static constexpr double kP[] = {
+      1.0 / 6227020800.0, 1.0 / 479001600.0, 1.0 / 39916800.0, 1.0 / 3628800.0, 1.0 / 362880.0,
+      1.0 / 40320.0, 1.0 / 5040.0, 1.0 / 720.0, 1.0 / 120.0, 1.0 / 24.0, 1.0 / 6.0, 0.5, 1.0, 1.0};
+  const double p = horner(r, kP);
   const double scale = std::bit_cast<double>(static_cast<std::uint64_t>(ni + 1023) << 52);
   return p * scale;
 }
@@ -59,16 +65,10 @@ MF_INLINE double vlog(double x) {
   const double s = (m - 1.0) / (m + 1.0);
   const double s2 = s * s;
   // log(m) = 2 atanh(s) = 2 (s + s^3/3 + ...); ten terms leave an error below 1e-17.
-  double p = 1.0 / 19.0;
-  p = fmad(p, s2, 1.0 / 17.0);
-  p = fmad(p, s2, 1.0 / 15.0);
-  p = fmad(p, s2, 1.0 / 13.0);
-  p = fmad(p, s2, 1.0 / 11.0);
-  p = fmad(p, s2, 1.0 / 9.0);
-  p = fmad(p, s2, 1.0 / 7.0);
-  p = fmad(p, s2, 1.0 / 5.0);
-  p = fmad(p, s2, 1.0 / 3.0);
-  p = fmad(p, s2, 1.0);
+  static constexpr double kP[] = {
+      1.0 / 19.0, 1.0 / 17.0, 1.0 / 15.0, 1.0 / 13.0, 1.0 / 11.0, 1.0 / 9.0, 1.0 / 7.0, 1.0 / 5.0,
+      1.0 / 3.0, 1.0};
+  const double p = horner(s2, kP);
   return static_cast<double>(e) * 0.6931471805599453 + 2.0 * s * p;
 }
 
@@ -82,12 +82,9 @@ MF_INLINE float vlogf(float x) {
   e = big ? e + 1 : e;
   const float s = (m - 1.0f) / (m + 1.0f);
   const float s2 = s * s;
-  float p = 1.0f / 11.0f;
-  p = fmaf_(p, s2, 1.0f / 9.0f);
-  p = fmaf_(p, s2, 1.0f / 7.0f);
-  p = fmaf_(p, s2, 1.0f / 5.0f);
-  p = fmaf_(p, s2, 1.0f / 3.0f);
-  p = fmaf_(p, s2, 1.0f);
+  static constexpr float kP[] = {
+      1.0f / 11.0f, 1.0f / 9.0f, 1.0f / 7.0f, 1.0f / 5.0f, 1.0f / 3.0f, 1.0f};
+  const float p = horner(s2, kP);
   return static_cast<float>(e) * 0.693147182f + 2.0f * s * p;
 }
 
@@ -104,25 +101,15 @@ MF_INLINE float normal_from_bits(std::uint32_t r) {
   const float x = static_cast<float>(2 * k + 1 - (1 << 24)) * 0x1p-24f;
   const float w = -vlogf((1.0f - x) * (1.0f + x));
   const float wc = w - 2.5f;
-  float pc = 2.81022636e-08f;
-  pc = fmaf_(pc, wc, 3.43273939e-07f);
-  pc = fmaf_(pc, wc, -3.5233877e-06f);
-  pc = fmaf_(pc, wc, -4.39150654e-06f);
-  pc = fmaf_(pc, wc, 0.00021858087f);
-  pc = fmaf_(pc, wc, -0.00125372503f);
-  pc = fmaf_(pc, wc, -0.00417768164f);
-  pc = fmaf_(pc, wc, 0.246640727f);
-  pc = fmaf_(pc, wc, 1.50140941f);
+  static constexpr float kPc[] = {
+      2.81022636e-08f, 3.43273939e-07f, -3.5233877e-06f, -4.39150654e-06f, 0.00021858087f,
+      -0.00125372503f, -0.00417768164f, 0.246640727f, 1.50140941f};
+  const float pc = horner(wc, kPc);
   const float wt = __builtin_sqrtf(w) - 3.0f;
-  float pt = -0.000200214257f;
-  pt = fmaf_(pt, wt, 0.000100950558f);
-  pt = fmaf_(pt, wt, 0.00134934322f);
-  pt = fmaf_(pt, wt, -0.00367342844f);
-  pt = fmaf_(pt, wt, 0.00573950773f);
-  pt = fmaf_(pt, wt, -0.0076224613f);
-  pt = fmaf_(pt, wt, 0.00943887047f);
-  pt = fmaf_(pt, wt, 1.00167406f);
-  pt = fmaf_(pt, wt, 2.83297682f);
+  static constexpr float kPt[] = {
+      -0.000200214257f, 0.000100950558f, 0.00134934322f, -0.00367342844f, 0.00573950773f,
+      -0.0076224613f, 0.00943887047f, 1.00167406f, 2.83297682f};
+  const float pt = horner(wt, kPt);
   const float p = w < 5.0f ? pc : pt;
   return 1.41421356f * p * x;
 }
@@ -138,16 +125,10 @@ MF_INLINE double uniform_from_bits(std::uint32_t r) {
 MF_INLINE double normal_upper_tail(double x) {
   const double z = (x < 0.0 ? -x : x) * 0.7071067811865476;
   const double t = 1.0 / (1.0 + 0.5 * z);
-  double p = 0.17087277;
-  p = fmad(t, p, -0.82215223);
-  p = fmad(t, p, 1.48851587);
-  p = fmad(t, p, -1.13520398);
-  p = fmad(t, p, 0.27886807);
-  p = fmad(t, p, -0.18628806);
-  p = fmad(t, p, 0.09678418);
-  p = fmad(t, p, 0.37409196);
-  p = fmad(t, p, 1.00002368);
-  p = fmad(t, p, -1.26551223);
+  static constexpr double kP[] = {
+      0.17087277, -0.82215223, 1.48851587, -1.13520398, 0.27886807, -0.18628806, 0.09678418, 0.37409196,
+      1.00002368, -1.26551223};
+  const double p = horner(t, kP);
   const double erfc_z = t * vexp(-z * z + p);
   return x >= 0.0 ? 0.5 * erfc_z : 1.0 - 0.5 * erfc_z;
 }
