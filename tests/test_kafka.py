@@ -14,6 +14,7 @@ from confluent_kafka import Consumer
 from services import Kafka
 
 from marketfeed.health import Status
+from marketfeed.streams import kafka as kafka_bus
 from marketfeed.streams.kafka import KafkaBus, header_map
 from marketfeed.ticks import Tick, TickBatch
 
@@ -188,3 +189,26 @@ def test_a_killed_producer_process_is_replaced_and_every_tick_accounted_for(kafk
     messages = consume_all(kafka, topic, 40 * n)
     assert len(messages) == 40 * n
     assert_exactly_once(messages, 40)
+
+
+def test_a_producer_process_that_cannot_start_is_retried_with_backoff(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # No broker needed: the producer process exits at once (its module does not exist).
+    monkeypatch.setattr(kafka_bus, "PRODUCER_MODULE", "marketfeed.streams.no_such_module")
+
+    async def scenario() -> KafkaBus:
+        bus = KafkaBus("127.0.0.1:1", topic="t", partitions=1)
+        for step in range(60):  # three seconds of steps
+            await bus.publish(batch(step))
+            await asyncio.sleep(0.05)
+        await bus.close()
+        return bus
+
+    bus = asyncio.run(scenario())
+    metrics = bus.metrics()
+    assert bus.health().status is Status.DEGRADED
+    assert 1 <= bus.spawns <= 3  # 1 s, then 2 s between attempts: not one per step
+    assert metrics["kafka_delivered_total"] == 0
+    assert metrics["kafka_delivery_failed_total"] == 60 * len(SYMBOLS)  # every step accounted for
+    assert metrics["kafka_in_flight"] == 0

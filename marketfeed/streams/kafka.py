@@ -50,6 +50,12 @@ STEP_WAIT_S = 1.0
 CONSUME_WAIT_S = 0.005
 #: How long close() waits for the producer process to flush and exit (it flushes for 15 s).
 CLOSE_WAIT_S = 30.0
+#: A producer process that exits before its first report is restarted after a wait that doubles from
+#: RESPAWN_MIN_S to RESPAWN_MAX_S (one that cannot start must not be restarted every step).
+RESPAWN_MIN_S = 1.0
+RESPAWN_MAX_S = 30.0
+#: What runs in the producer process (`python -m PRODUCER_MODULE CONFIG`).
+PRODUCER_MODULE = "marketfeed.streams.kafka_producer"
 
 NO_STATUS = Status(0, 0, 0, 0, 0, None)
 
@@ -90,6 +96,8 @@ class KafkaBus:
         self.refused = 0  #: refused by publish: as many ticks in flight as the buffer holds
         self.consumed = 0
         self.producer_pid: int | None = None  #: the producer process now running
+        self.spawns = 0  #: producer processes started
+        self._reported = False  # the current producer process has sent a status
 
     # Counters over every producer process this bus has run.
     @property
@@ -165,7 +173,7 @@ class KafkaBus:
         config = {"bootstrap": self.bootstrap, "topic": self.topic,
                   "buffer_messages": self.buffer_messages, "schema_version": SCHEMA_VERSION}  # fmt: skip
         child = subprocess.Popen(
-            [sys.executable, "-m", "marketfeed.streams.kafka_producer", json.dumps(config)],
+            [sys.executable, "-m", PRODUCER_MODULE, json.dumps(config)],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
         )
@@ -175,10 +183,13 @@ class KafkaBus:
 
     def _send(self) -> None:
         """The sender thread: owns the producer process, writes it each step in order (so each symbol
-        stays in order), starts another if it exits, and accounts for what one that exited held."""
+        stays in order), starts another if it exits, and accounts for what one that exited held. One
+        that exits before its first report (it cannot start, say) is restarted only after a wait,
+        doubling up to RESPAWN_MAX_S: the steps meanwhile count as failed, and health says why."""
         child: subprocess.Popen[bytes] | None = None
         reader: threading.Thread | None = None
         sent = 0  # ticks written to the current child
+        not_before, backoff = 0.0, RESPAWN_MIN_S / 2
         while True:
             batch = self._outbox.get()
             if child is not None and reader is not None and (batch is None or child.poll() is not None):
@@ -191,11 +202,21 @@ class KafkaBus:
                 reader.join()  # its statuses are on the loop before the exit is
                 self._call(self._exited, sent)
                 child, reader, sent = None, None, 0
+                if batch is not None and not self._reported:  # it died before it ever worked
+                    backoff = min(2 * backoff, RESPAWN_MAX_S)
+                    not_before = time.monotonic() + backoff
+                elif batch is not None:  # it died after working: at once
+                    backoff = RESPAWN_MIN_S / 2
             if batch is None:
                 return
             if child is None:
+                if time.monotonic() < not_before:
+                    self._call(self._lost, len(batch))
+                    continue
+                self._reported = False
                 child, reader = self._spawn()
                 self.producer_pid = child.pid
+                self.spawns += 1
             frame = pickle.dumps((batch.step, [t.symbol for t in batch.ticks], batch.encoded), 5)
             try:
                 write_frame(child.stdin, frame)  # type: ignore[arg-type]
@@ -208,6 +229,7 @@ class KafkaBus:
         final = False
         while (frame := read_frame(child.stdout)) is not None:  # type: ignore[arg-type]
             status = Status(*pickle.loads(frame))
+            self._reported = True  # read by the sender thread once this one has ended
             final = status.final
             self._call(self._on_status, status)
         child.wait()
@@ -238,7 +260,7 @@ class KafkaBus:
 
     def _lost(self, ticks: int) -> None:  # on the loop
         self._past.failed += ticks
-        self._set_error("kafka producer process gone: a step was lost")
+        self._set_error("kafka producer process gone: steps are lost until it is restarted")
 
     def _set_error(self, message: str) -> None:
         if self._error is None:
