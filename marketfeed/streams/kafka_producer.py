@@ -88,12 +88,13 @@ class Child:
         self.produced = self.failed = self.buffer_full = self.errors = 0
         self.error: str | None = None
         self._out_lock = threading.Lock()
+        # Callbacks run in whichever thread polls (both may): their counts are kept under a lock.
+        self._count_lock = threading.Lock()
         self._stop = threading.Event()
 
         def on_delivery(err: KafkaError | None, msg: Message) -> None:
             if err is not None:
-                self.failed += 1
-                self._note(f"delivery failed: {err.str()}")
+                self._note(f"delivery failed: {err.str()}", failed=1)
 
         def on_error(err: KafkaError) -> None:
             self._note(err.str())
@@ -101,9 +102,11 @@ class Child:
         config = producer_config(bootstrap, buffer_messages)
         self.producer = Producer(config | {"on_delivery": on_delivery, "error_cb": on_error})
 
-    def _note(self, message: str) -> None:
-        self.errors += 1
-        self.error = message
+    def _note(self, message: str, *, failed: int = 0) -> None:
+        with self._count_lock:
+            self.failed += failed
+            self.errors += 1
+            self.error = message
 
     def report(self, out: BinaryIO, *, final: bool = False) -> None:
         status = Status(
