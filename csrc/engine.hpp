@@ -394,8 +394,10 @@ class Engine {
     int exponential = 0;
 #pragma omp simd reduction(+ : exponential)
     for (std::size_t j = 0; j < m; ++j) {
+      // The very expressions qe_block decides a lane's branch by, so the shortcut never changes one.
       const double mm = fused(v[j] - th[j], E[j], th[j]);
-      exponential += (v[j] * c1[j] + c2[j]) > 1.5 * mm * mm ? 1 : 0;
+      const double s2 = fused(v[j], c1[j], c2[j]);
+      exponential += s2 / (mm * mm) <= 1.5 ? 0 : 1;
     }
     return exponential == 0;
   }
