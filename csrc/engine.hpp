@@ -382,8 +382,8 @@ class Engine {
         const double *c = &p_.lift_weight[l * N + b], *d = &lift_decay_[l * N + b], *ph = &lift_phi_[l * N + b];
 #pragma omp simd
         for (std::size_t j = 0; j < m; ++j) {
-          u[j] = u[j] * d[j] + ph[j] * dr[j];
-          v[j] += c[j] * u[j];
+          u[j] = fused(u[j], d[j], ph[j] * dr[j]);
+          v[j] = fused(c[j], u[j], v[j]);
         }
       }
     }
