@@ -17,7 +17,7 @@ from fastapi import APIRouter, Depends, Header, HTTPException, Query, Request, W
 from fastapi.responses import PlainTextResponse, Response, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 
-from marketfeed import analytics, metrics, scenarios
+from marketfeed import _engine, analytics, metrics, scenarios
 from marketfeed.engine import SECONDS_PER_YEAR, FellerConditionWarning
 from marketfeed.history.candles import Candle, Interval
 from marketfeed.runtime import COMMAND_TIMEOUT_S, Event, NoEngineError, Runtime
@@ -167,6 +167,9 @@ async def model(request: Request) -> Response:
             # The scheme in use: a universe with rough assets runs the lifted scheme whatever was asked.
             "scheme": rt.market.sim.scheme.value if rt.market else s.scheme.value,
             "rough_factors": s.rough_factors,
+            # Which compiled code steps the market (the Docker image's portable build picks one of its
+            # AVX-512 / AVX2 / baseline copies at load time); none on an edge, which runs no engine.
+            "engine_build": {"native": _engine.native, "isa": _engine.isa} if rt.market else None,
             "jumps": s.jumps,
             "tick_rate": s.tick_rate,
             "speed": s.speed,

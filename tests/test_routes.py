@@ -12,6 +12,8 @@ import httpx
 import pytest
 from serverproc import ServerFactory, ServerProcess
 
+from marketfeed import _engine
+
 
 def get(server: ServerProcess, path: str, **params: Any) -> httpx.Response:
     return httpx.get(server.url + path, params=params, timeout=10.0)
@@ -38,6 +40,7 @@ def test_reference_data_and_quotes(server: ServerProcess) -> None:
     assert {"symbol", "name", "sector", "s0"} <= set(symbols[0])
     model = get(server, "/model").json()
     assert model["scheme"] == "qe"
+    assert model["engine_build"] == {"native": _engine.native, "isa": _engine.isa}  # the server's own module
     assert len(model["assets"]) == 20
     assert len(model["implied_correlation"]) == 20
     time.sleep(0.3)
