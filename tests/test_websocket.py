@@ -1,15 +1,21 @@
-"""The WebSocket protocol against a real server, with the `websockets` client bots use."""
+"""The WebSocket protocol against a real server, with the `websockets` client bots use, and the
+session's ordering of snapshots and live frames on its own."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import time
-from typing import Any
+from typing import Any, cast
 
 import pytest
 from serverproc import ServerProcess
 from websockets.asyncio.client import ClientConnection, connect
+
+from marketfeed.streams.hub import Hub
+from marketfeed.streams.websocket import Session
+from marketfeed.ticks import Tick, TickBatch
 
 
 async def recv(ws: ClientConnection, seconds: float = 5.0) -> dict[str, Any]:
@@ -136,3 +142,48 @@ def test_replay_a_stored_range_with_pause_and_resume(server: ServerProcess) -> N
             assert (await recv(ws))["code"] == "no_replay"
 
     asyncio.run(scenario())
+
+
+class RecordingSocket:
+    """The two calls a Session's send side makes, recording every frame it sends."""
+
+    def __init__(self) -> None:
+        self.frames: list[dict[str, Any]] = []
+
+    async def send_text(self, text: str) -> None:
+        self.frames.append(json.loads(text))
+
+
+def test_a_batch_queued_before_a_subscribe_is_not_sent_again_after_the_snapshot() -> None:
+    # The race a real server hit now and then: a batch is queued while the connection watches
+    # nothing, the subscribe's snapshot already holds that batch's ticks, and the send loop then sent
+    # the same batch for the new symbols too (the snapshot's seq, then the same seq again).
+    def batch(step: int) -> TickBatch:
+        ticks = [
+            Tick(s, step + 1, 2 * step + i + 1, step, 10.0, 9.9, 10.1, 1, 0.2) for i, s in enumerate("AB")
+        ]
+        return TickBatch(step=step, ticks=ticks)
+
+    async def scenario() -> list[dict[str, Any]]:
+        hub, ws = Hub(), RecordingSocket()
+        session = Session(
+            cast(Any, ws), hub, cast(Any, None), ["A", "B"], max_symbols=10, shutdown=asyncio.Event()
+        )
+        sender = asyncio.create_task(session._send_loop())
+        await asyncio.sleep(0)  # the send loop waits for something to send
+        hub.publish(batch(0))  # queued for the connection (it has no symbols yet); the loop is woken
+        await session._subscribe(frozenset({"A"}))  # before the send loop has run
+        for step in (1, 2):
+            await asyncio.sleep(0)
+            hub.publish(batch(step))
+        for _ in range(3):
+            await asyncio.sleep(0)
+        sender.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await sender
+        return ws.frames
+
+    frames = asyncio.run(scenario())
+    assert [f["type"] for f in frames] == ["subscribed", "snapshot", "ticks", "ticks"]
+    seqs = [t["seq"] for f in frames if f["type"] in ("snapshot", "ticks") for t in f["data"]]
+    assert seqs == [1, 2, 3]  # the snapshot's tick, then each later one once

@@ -65,6 +65,12 @@ class Subscriber:
 
     async def get(self, idle_seconds: float | None = None) -> list[TickBatch]:
         """Everything queued, waiting up to `idle_seconds` for something; [] on timeout or close."""
+        await self.wait(idle_seconds)
+        return self.take()
+
+    async def wait(self, idle_seconds: float | None = None) -> None:
+        """Until something is queued (a batch or a notice) or the subscriber is closed, or at most
+        `idle_seconds`; takes nothing."""
         if not self._queue and not self.notices and self.closed_reason is None:
             self._ready.clear()
             if idle_seconds is not None:
@@ -77,8 +83,9 @@ class Subscriber:
                 await self._ready.wait()
             finally:
                 self.idle_deadline = None
-            if not self._queue and not self.notices and self.closed_reason is None:
-                return []  # the idle wait ran out
+
+    def take(self) -> list[TickBatch]:
+        """Everything queued now, without waiting."""
         batches = list(self._queue)
         self._queue.clear()
         if not self._overflowed:

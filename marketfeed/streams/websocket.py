@@ -40,7 +40,7 @@ from marketfeed.history.store import HistoryStore
 from marketfeed.security import TokenBucket
 from marketfeed.streams.backfill import backfill
 from marketfeed.streams.hub import Hub, Subscriber
-from marketfeed.ticks import Tick
+from marketfeed.ticks import SymbolSet, Tick, TickBatch
 
 CLOSE_GOING_AWAY = 1001
 CLOSE_POLICY = 1008
@@ -133,17 +133,23 @@ class Session:
     # --- sending ---------------------------------------------------------------------------------
     async def _send_loop(self) -> None:
         while True:
-            batches = await self.sub.get()
-            symbols = self.sub.symbols  # the set in force when these batches were taken
+            await self.sub.wait()
             if self.sub.closed_reason is not None:
                 return
             async with self.lock:
+                # Taken under the lock, so what is queued always goes out for the symbols it was
+                # queued under: a (un)subscribe, holding the lock, first sends what was queued before
+                # it, for the old set.
+                batches = self.sub.take()
                 for notice in self.sub.take_notices():
                     await self.ws.send_text('{"type":"scenario","data":' + notice.decode() + "}")
-                for b in batches:
-                    frame = b.ws_frame(symbols)
-                    if frame is not None:
-                        await self.ws.send_text(frame)
+                await self._send_batches(batches, self.sub.symbols)
+
+    async def _send_batches(self, batches: list[TickBatch], symbols: SymbolSet) -> None:
+        for b in batches:
+            frame = b.ws_frame(symbols)
+            if frame is not None:
+                await self.ws.send_text(frame)
 
     async def _send(self, obj: dict[str, Any]) -> None:
         await self.ws.send_text(_frame(obj))
@@ -215,15 +221,24 @@ class Session:
             raise ProtocolError("too_many_symbols", f"at most {self.max_symbols} symbols per connection")
         added = sorted(target - current)
         async with self.lock:
+            # One step with no await: the batches queued so far (for the old symbols), the new set,
+            # and the snapshot of the latest ticks, which those batches are the last of. Every batch
+            # after it goes out for the new set, so a new symbol's ticks continue its snapshot: no
+            # tick twice (a batch queued before and sent after the snapshot did that), none missed.
+            pending = self.sub.take()
             self.sub.set_symbols(target)
             snapshot = self.hub.snapshot(added)
+            await self._send_batches(pending, current)
             await self._send({"type": "subscribed", "symbols": sorted(target)})
             await self.ws.send_text(_ticks_frame("snapshot", snapshot))
 
     async def _unsubscribe(self, symbols: frozenset[str]) -> None:
-        target = (self.sub.symbols or frozenset()) - symbols
+        current = self.sub.symbols or frozenset()
+        target = current - symbols
         async with self.lock:
+            pending = self.sub.take()  # published before the request: sent before its answer
             self.sub.set_symbols(target)
+            await self._send_batches(pending, current)
             await self._send({"type": "unsubscribed", "symbols": sorted(target)})
 
     # --- replaying a stored time range at N times real time, with pause and resume ------------------
