@@ -187,3 +187,31 @@ def test_a_batch_queued_before_a_subscribe_is_not_sent_again_after_the_snapshot(
     assert [f["type"] for f in frames] == ["subscribed", "snapshot", "ticks", "ticks"]
     seqs = [t["seq"] for f in frames if f["type"] in ("snapshot", "ticks") for t in f["data"]]
     assert seqs == [1, 2, 3]  # the snapshot's tick, then each later one once
+
+
+def test_a_replay_does_not_repeat_what_was_queued_for_the_live_stream() -> None:
+    def batch(step: int) -> TickBatch:
+        return TickBatch(step=step, ticks=[Tick("A", step + 1, step + 1, step, 10.0, 9.9, 10.1, 1, 0.2)])
+
+    async def scenario() -> list[dict[str, Any]]:
+        hub, ws = Hub(), RecordingSocket()
+        session = Session(
+            cast(Any, ws), hub, cast(Any, None), ["A"], max_symbols=10, shutdown=asyncio.Event()
+        )
+        sender = asyncio.create_task(session._send_loop())
+        await session._subscribe(frozenset({"A"}))
+        for step in range(3):
+            hub.publish(batch(step))
+        await session._replay({"from_seq": 1})  # before the send loop has sent the queued steps
+        hub.publish(batch(3))
+        for _ in range(3):
+            await asyncio.sleep(0)
+        sender.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await sender
+        return ws.frames
+
+    frames = asyncio.run(scenario())
+    gseqs = [t["gseq"] for f in frames if f["type"] in ("replay", "ticks") for t in f["data"]]
+    assert gseqs == [1, 2, 3, 4]  # replayed 1-3 (from the ring), then live from 4, each once
+    assert [f["type"] for f in frames][-2:] == ["replay_end", "ticks"]

@@ -308,8 +308,11 @@ class Session:
         symbols = self.sub.symbols
         if not symbols:
             raise ProtocolError("not_subscribed", "subscribe to symbols before asking for a replay")
-        last, upto = start - 1, self.hub.last_gseq
         async with self.lock:  # live frames wait (queued, bounded) until the replay is out
+            # What is queued now is at most `upto`, which the replay covers: sent live as well, those
+            # ticks would arrive twice. What is published from here on is newer, and goes out live.
+            self.sub.take()
+            last, upto = start - 1, self.hub.last_gseq
             async for batch in backfill(self.hub, self.history, symbols, start - 1):
                 if batch.ticks and batch.ticks[0].gseq > upto:
                     break
