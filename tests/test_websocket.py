@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import json
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any, cast
 
 import pytest
@@ -154,28 +155,27 @@ class RecordingSocket:
         self.frames.append(json.loads(text))
 
 
-def test_a_batch_queued_before_a_subscribe_is_not_sent_again_after_the_snapshot() -> None:
-    # The race a real server hit now and then: a batch is queued while the connection watches
-    # nothing, the subscribe's snapshot already holds that batch's ticks, and the send loop then sent
-    # the same batch for the new symbols too (the snapshot's seq, then the same seq again).
-    def batch(step: int) -> TickBatch:
-        ticks = [
-            Tick(s, step + 1, 2 * step + i + 1, step, 10.0, 9.9, 10.1, 1, 0.2) for i, s in enumerate("AB")
-        ]
-        return TickBatch(step=step, ticks=ticks)
+def ticks_of(symbols: str, step: int) -> TickBatch:
+    """One step of `symbols` (one letter each), gseq numbering them in order."""
+    n = len(symbols)
+    ticks = [
+        Tick(s, step + 1, n * step + i + 1, step, 10.0, 9.9, 10.1, 1, 0.2) for i, s in enumerate(symbols)
+    ]
+    return TickBatch(step=step, ticks=ticks)
+
+
+def session_frames(symbols: str, script: Callable[[Session, Hub], Awaitable[None]]) -> list[dict[str, Any]]:
+    """Run `script` against a Session whose send loop is running, then let it send what is left; the
+    frames it sent. No server: the test decides exactly when steps are published."""
 
     async def scenario() -> list[dict[str, Any]]:
         hub, ws = Hub(), RecordingSocket()
         session = Session(
-            cast(Any, ws), hub, cast(Any, None), ["A", "B"], max_symbols=10, shutdown=asyncio.Event()
+            cast(Any, ws), hub, cast(Any, None), list(symbols), max_symbols=10, shutdown=asyncio.Event()
         )
         sender = asyncio.create_task(session._send_loop())
         await asyncio.sleep(0)  # the send loop waits for something to send
-        hub.publish(batch(0))  # queued for the connection (it has no symbols yet); the loop is woken
-        await session._subscribe(frozenset({"A"}))  # before the send loop has run
-        for step in (1, 2):
-            await asyncio.sleep(0)
-            hub.publish(batch(step))
+        await script(session, hub)
         for _ in range(3):
             await asyncio.sleep(0)
         sender.cancel()
@@ -183,35 +183,35 @@ def test_a_batch_queued_before_a_subscribe_is_not_sent_again_after_the_snapshot(
             await sender
         return ws.frames
 
-    frames = asyncio.run(scenario())
+    return asyncio.run(scenario())
+
+
+def test_a_batch_queued_before_a_subscribe_is_not_sent_again_after_the_snapshot() -> None:
+    # The race a real server hit now and then: a batch is queued while the connection watches
+    # nothing, the subscribe's snapshot already holds that batch's ticks, and the send loop then sent
+    # the same batch for the new symbols too (the snapshot's seq, then the same seq again).
+    async def script(session: Session, hub: Hub) -> None:
+        hub.publish(ticks_of("AB", 0))  # queued for the connection (no symbols yet); the loop is woken
+        await session._subscribe(frozenset({"A"}))  # before the send loop has run
+        for step in (1, 2):
+            await asyncio.sleep(0)
+            hub.publish(ticks_of("AB", step))
+
+    frames = session_frames("AB", script)
     assert [f["type"] for f in frames] == ["subscribed", "snapshot", "ticks", "ticks"]
     seqs = [t["seq"] for f in frames if f["type"] in ("snapshot", "ticks") for t in f["data"]]
     assert seqs == [1, 2, 3]  # the snapshot's tick, then each later one once
 
 
 def test_a_replay_does_not_repeat_what_was_queued_for_the_live_stream() -> None:
-    def batch(step: int) -> TickBatch:
-        return TickBatch(step=step, ticks=[Tick("A", step + 1, step + 1, step, 10.0, 9.9, 10.1, 1, 0.2)])
-
-    async def scenario() -> list[dict[str, Any]]:
-        hub, ws = Hub(), RecordingSocket()
-        session = Session(
-            cast(Any, ws), hub, cast(Any, None), ["A"], max_symbols=10, shutdown=asyncio.Event()
-        )
-        sender = asyncio.create_task(session._send_loop())
+    async def script(session: Session, hub: Hub) -> None:
         await session._subscribe(frozenset({"A"}))
         for step in range(3):
-            hub.publish(batch(step))
+            hub.publish(ticks_of("A", step))
         await session._replay({"from_seq": 1})  # before the send loop has sent the queued steps
-        hub.publish(batch(3))
-        for _ in range(3):
-            await asyncio.sleep(0)
-        sender.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await sender
-        return ws.frames
+        hub.publish(ticks_of("A", 3))
 
-    frames = asyncio.run(scenario())
+    frames = session_frames("A", script)
     gseqs = [t["gseq"] for f in frames if f["type"] in ("replay", "ticks") for t in f["data"]]
     assert gseqs == [1, 2, 3, 4]  # replayed 1-3 (from the ring), then live from 4, each once
     assert [f["type"] for f in frames][-2:] == ["replay_end", "ticks"]
