@@ -83,25 +83,22 @@ NB_MODULE(_engine, m) {
 #else
   m.attr("native") = false;  // portable build
 #endif
-  // Which copy of the hot loops runs here: "native", one of the x86-64 levels the portable build
-  // dispatches between (the loader's choice, by the same test), or "portable" elsewhere.
+  // The highest x86-64 level this CPU runs (the tests build the engine for each level up to it), and
+  // which copy of the hot loops runs here: "native", the level the portable build dispatched to (the
+  // loader's choice, by the same test), or "portable" elsewhere.
+#if defined(__GNUC__) && (defined(__x86_64__) || defined(_M_X64))
+  const bool v4 = __builtin_cpu_supports("x86-64-v4"), v3 = __builtin_cpu_supports("x86-64-v3");
+  const bool v2 = __builtin_cpu_supports("x86-64-v2");
+  m.attr("cpu_level") = v4 ? "x86-64-v4" : v3 ? "x86-64-v3" : v2 ? "x86-64-v2" : "x86-64";
+#else
+  m.attr("cpu_level") = "";
+#endif
 #if defined(MARKETFEED_NATIVE_BUILD)
   m.attr("isa") = "native";
 #elif defined(MARKETFEED_DISPATCH)
-  m.attr("isa") = __builtin_cpu_supports("x86-64-v4")   ? "x86-64-v4 (AVX-512)"
-                  : __builtin_cpu_supports("x86-64-v3") ? "x86-64-v3 (AVX2)"
-                                                        : "x86-64";
+  m.attr("isa") = v4 ? "x86-64-v4 (AVX-512)" : v3 ? "x86-64-v3 (AVX2)" : "x86-64";
 #else
   m.attr("isa") = "portable";
-#endif
-  // The highest x86-64 level this CPU runs (the tests build the engine for each level up to it).
-#if defined(__GNUC__) && (defined(__x86_64__) || defined(_M_X64))
-  m.attr("cpu_level") = __builtin_cpu_supports("x86-64-v4")   ? "x86-64-v4"
-                        : __builtin_cpu_supports("x86-64-v3") ? "x86-64-v3"
-                        : __builtin_cpu_supports("x86-64-v2") ? "x86-64-v2"
-                                                              : "x86-64";
-#else
-  m.attr("cpu_level") = "";
 #endif
 
   nb::class_<mf::Engine>(m, "Engine")

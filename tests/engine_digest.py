@@ -6,7 +6,6 @@ tests/test_engine_isa.py) with an optional path to another build of marketfeed._
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import importlib.util
 import json
@@ -28,18 +27,13 @@ def load_engine(path: str) -> None:
 
 
 def digests() -> dict[str, str]:
-    from marketfeed.engine import FellerConditionWarning, Scheme, Simulator, Universe
+    from test_engine_determinism import mixed_universe  # tests/ is this script's directory
 
-    base = Universe.default()
-    # 600 assets: a full 512-asset block and a partial one (vector loops with remainders); every fifth
-    # asset breaks Feller's condition, so QE takes its exponential branch as well as its quadratic one.
-    assets = []
-    for i in range(600):
-        a = dataclasses.replace(base.assets[i % len(base.assets)], symbol=f"S{i}")
-        if i % 5 == 0:
-            a = dataclasses.replace(a, kappa=0.5, theta=0.04, xi=1.5)
-        assets.append(a)
-    universe = dataclasses.replace(base, assets=tuple(assets))
+    from marketfeed.engine import FellerConditionWarning, Scheme, Simulator
+
+    # 600 assets: a full 512-asset block and a partial one (vector loops with remainders), every fifth
+    # breaking Feller's condition, so QE takes its exponential branch as well as its quadratic one.
+    universe = mixed_universe(600)
     modes = {
         "qe": (universe, Scheme.QE, False),
         "qe-jumps": (universe, Scheme.QE, True),

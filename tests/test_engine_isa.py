@@ -27,8 +27,8 @@ LEVELS = ["x86-64", "x86-64-v2", "x86-64-v3", "x86-64-v4"]
 
 
 def variants() -> list[str]:
-    """What to build: the dispatching portable build, and each level up to this CPU's but the top one
-    when the installed engine is the native build (that is the installed engine)."""
+    """What to build: the dispatching portable build, and baseline x86-64 and x86-64-v3 where this CPU
+    runs them (the installed engine, native here, covers the CPU's own level)."""
     if not _engine.cpu_level:
         return []  # not x86-64 with GCC: nothing to dispatch between
     top = LEVELS.index(_engine.cpu_level)
@@ -65,7 +65,6 @@ def test_every_instruction_set_computes_the_same_bits(tmp_path: Path) -> None:
     if shutil.which("cmake") is None:
         pytest.fail("cmake is needed to build the engine (make setup installs the rest)")
     kinds = variants()
-    assert kinds or not _engine.cpu_level
     installed = run_digest()
     assert len(installed["digests"]) == 4  # type: ignore[arg-type]
     for kind in kinds:

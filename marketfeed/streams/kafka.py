@@ -156,12 +156,12 @@ class KafkaBus:
             self._loop = asyncio.get_running_loop()
             self._sender = threading.Thread(target=self._send, name="kafka-send", daemon=True)
             self._sender.start()
-        if self.in_flight + len(batch) > self.buffer_messages:
-            self.handed_over += len(batch)
+        full = self.in_flight + len(batch) > self.buffer_messages
+        self.handed_over += len(batch)
+        if full:
             self.refused += len(batch)
             self._set_error("producer buffer full: the broker is not taking ticks")
             return
-        self.handed_over += len(batch)
         self._outbox.put(batch)
 
     def _call(self, callback: Callable[..., None], *args: Any) -> None:  # from a thread, onto the loop
