@@ -145,8 +145,9 @@ class KafkaBus:
     async def close(self) -> None:
         if self._sender is not None:  # every batch handed over is produced and flushed first
             self._outbox.put(None)
+            # The sender's last callbacks (statuses, the exit) were scheduled on the loop before the
+            # join's result, so they have run when this resumes.
             await asyncio.to_thread(self._sender.join)
-            await asyncio.sleep(0)  # the sender's last call_soon_threadsafe callbacks run
             if self.in_flight:
                 log.error("kafka: %d ticks still undelivered at shutdown", self.in_flight)
 
