@@ -227,13 +227,16 @@ class Stream:
             compression=None,
         ) as ws:
             self.connections += 1
-            await ws.send(orjson.dumps({"action": "subscribe", "symbols": self.symbols or ["*"]}).decode())
-            # Live frames arrive while a replay is out: they wait in `held` and go out after it.
-            replaying = self.last_gseq > 0
-            if replaying:
-                await self._ask_replay(ws)
-            held: list[Tick] = []
             try:
+                # Inside the try: a server refusing the key closes at once, and that close can arrive
+                # before this first send, which then raises ConnectionClosed too.
+                subscribe = {"action": "subscribe", "symbols": self.symbols or ["*"]}
+                await ws.send(orjson.dumps(subscribe).decode())
+                # Live frames arrive while a replay is out: they wait in `held` and go out after it.
+                replaying = self.last_gseq > 0
+                if replaying:
+                    await self._ask_replay(ws)
+                held: list[Tick] = []
                 async for raw in ws:
                     msg = orjson.loads(raw)
                     kind = msg.get("type")

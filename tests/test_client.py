@@ -8,11 +8,13 @@ import re
 import time
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pandas as pd
 import pytest
 from serverproc import ServerFactory, ServerProcess
+from websockets.asyncio.client import ClientConnection
 
 from marketfeed.client import Stream, StreamError, Transport, history
 from marketfeed.engine import Universe
@@ -167,6 +169,29 @@ def test_api_keys(server_factory: ServerFactory, transport: Transport) -> None:
     assert "gseq" in history(server.url, "NOVA", api_key="k-123").columns
     with pytest.raises(ValueError, match="401"):
         history(server.url, "NOVA")
+
+
+def test_a_refused_key_fails_at_once_even_when_the_close_comes_before_the_subscribe(
+    server_factory: ServerFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The server closes a refused WebSocket right after accepting it. A client slowed down (a loaded
+    # machine) has the close in hand before it sends its subscribe, and that send fails: once, that
+    # was taken for a lost connection and retried with backoff instead of failing.
+    server = server_factory(api_keys="k-123").start()
+    send = ClientConnection.send
+
+    async def late_send(self: ClientConnection, *args: Any, **kwargs: Any) -> None:
+        await asyncio.sleep(0.5)
+        await send(self, *args, **kwargs)
+
+    monkeypatch.setattr(ClientConnection, "send", late_send)
+
+    async def scenario() -> None:
+        async for _ in Stream(server.url, symbols=["NOVA"], transport="ws", api_key="wrong"):
+            pass
+
+    with pytest.raises(StreamError, match="key"):
+        asyncio.run(asyncio.wait_for(scenario(), 5))
 
 
 def test_a_server_that_never_comes_gives_up_after_max_retries() -> None:
