@@ -2,10 +2,12 @@
 // long loops, and maps C++ exceptions onto Python's (std::invalid_argument -> ValueError).
 #include <nanobind/nanobind.h>
 #include <nanobind/ndarray.h>
+#include <nanobind/stl/string.h>
 #include <nanobind/stl/tuple.h>
 #include <nanobind/stl/vector.h>
 
 #include <cstdint>
+#include <string>
 #include <vector>
 
 #include "engine.hpp"
@@ -22,6 +24,22 @@ using InCube = nb::ndarray<const double, nb::ndim<3>, nb::c_contig, nb::device::
 // Outputs are written in place: a silently converted copy would swallow the results, so these
 // arguments are bound with .noconvert() and must already be C-contiguous float64.
 using OutMat = nb::ndarray<double, nb::ndim<2>, nb::c_contig, nb::device::cpu>;
+
+using U32Mat = nb::ndarray<std::uint32_t, nb::ndim<2>, nb::c_contig, nb::device::cpu>;
+
+const char* philox_isa_name(mf::PhiloxIsa isa) {
+  return isa == mf::PhiloxIsa::Avx512 ? "avx512" : isa == mf::PhiloxIsa::Avx2 ? "avx2" : "generic";
+}
+
+mf::PhiloxIsa philox_isa(const std::string& name) {
+  for (const mf::PhiloxIsa isa : {mf::PhiloxIsa::Avx512, mf::PhiloxIsa::Avx2, mf::PhiloxIsa::Generic})
+    if (name == philox_isa_name(isa)) {
+      if (static_cast<int>(isa) > static_cast<int>(mf::philox_best_isa()))
+        throw std::invalid_argument("this CPU does not run the " + name + " generator");
+      return isa;
+    }
+  throw std::invalid_argument("unknown generator copy: " + name);
+}
 
 std::vector<double> to_vector(const InVec& a) { return {a.data(), a.data() + a.shape(0)}; }
 
@@ -135,6 +153,21 @@ NB_MODULE(_engine, m) {
           return std::make_tuple(r.v[0], r.v[1], r.v[2], r.v[3]);
         }, "c0"_a, "c1"_a, "c2"_a, "c3"_a, "k0"_a, "k1"_a,
         "One Philox4x32-10 block, exposed for known-answer tests.");
+  // Each copy of the block generator this CPU runs, best first, so the tests can check them all.
+  m.def("philox_isas", [] {
+        std::vector<std::string> isas;
+        for (const mf::PhiloxIsa isa : {mf::PhiloxIsa::Avx512, mf::PhiloxIsa::Avx2, mf::PhiloxIsa::Generic})
+          if (static_cast<int>(isa) <= static_cast<int>(mf::philox_best_isa())) isas.push_back(philox_isa_name(isa));
+        return isas;
+      }, "The copies of the block generator this CPU runs, fastest first.");
+  m.def("philox4x32_10_block", [](U32Mat out, std::uint32_t c0, std::uint32_t c1, std::uint32_t c2, std::uint32_t c3,
+                                  std::uint32_t k0, std::uint32_t k1, const std::string& isa) {
+          if (out.shape(0) != 4) throw std::invalid_argument("out must have 4 rows");
+          const std::size_t n = out.shape(1);
+          std::uint32_t* r = out.data();
+          mf::philox_block_fn(philox_isa(isa))(c0, n, c1, c2, c3, k0, k1, r, r + n, r + 2 * n, r + 3 * n);
+        }, "out"_a.noconvert(), "c0"_a, "c1"_a, "c2"_a, "c3"_a, "k0"_a, "k1"_a, "isa"_a,
+        "The engine's block generator (one of philox_isas()) for counters (c0 + j, c1, c2, c3), into a (4, n) array.");
   m.def("normal_from_bits", &mf::normal_from_bits, "bits"_a,
         "The engine's uint32 -> standard normal transform (inverse CDF), exposed for tests.");
 }

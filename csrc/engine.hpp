@@ -203,7 +203,8 @@ class Engine {
 
   struct Scratch {
     explicit Scratch(std::size_t n)
-        : z_idio(n), z_perp(n), u_jump(n), z_jump(n), w(n), x_prev(n), drift(n) {}
+        : bits(4 * n), z_idio(n), z_perp(n), u_jump(n), z_jump(n), w(n), x_prev(n), drift(n) {}
+    std::vector<std::uint32_t> bits;  // the block's generator words: four rows of up to n
     std::vector<float> z_idio, z_perp;
     std::vector<double> u_jump;
     std::vector<float> z_jump;
@@ -281,31 +282,31 @@ class Engine {
     for (auto& th : pool) th.join();
   }
 
+  // The block's random numbers: the generator's words for (asset, step) first, all at once (see
+  // philox_block), then each word through its transform.
   void draw_block(std::size_t b, std::size_t e, std::uint64_t step, Scratch& s) const {
-    const std::uint32_t k0 = key0(), k1 = key1(), slo = lo(step), shi = hi(step);
+    const std::size_t m = e - b;
+    std::uint32_t* r = s.bits.data();
+    philox_block(static_cast<std::uint32_t>(b), m, lo(step), hi(step), kAssetStream, key0(), key1(), r, r + m,
+                 jumps_ ? r + 2 * m : nullptr, jumps_ ? r + 3 * m : nullptr);
+    const std::uint32_t *r0 = r, *r1 = r + m, *r2 = r + 2 * m, *r3 = r + 3 * m;
     float* zi = s.z_idio.data();
     float* zp = s.z_perp.data();
     double* uj = s.u_jump.data();
     float* zj = s.z_jump.data();
-    const std::uint32_t base = static_cast<std::uint32_t>(b);
-    const std::size_t m = e - b;
     if (jumps_) {
 #pragma omp simd
       for (std::size_t j = 0; j < m; ++j) {
-        std::uint32_t r0, r1, r2, r3;
-        philox4x32_10(base + static_cast<std::uint32_t>(j), slo, shi, kAssetStream, k0, k1, r0, r1, r2, r3);
-        zi[j] = normal_from_bits(r0);
-        zp[j] = normal_from_bits(r1);
-        uj[j] = uniform_from_bits(r2);
-        zj[j] = normal_from_bits(r3);
+        zi[j] = normal_from_bits(r0[j]);
+        zp[j] = normal_from_bits(r1[j]);
+        uj[j] = uniform_from_bits(r2[j]);
+        zj[j] = normal_from_bits(r3[j]);
       }
     } else {
 #pragma omp simd
       for (std::size_t j = 0; j < m; ++j) {
-        std::uint32_t r0, r1, r2, r3;
-        philox4x32_10(base + static_cast<std::uint32_t>(j), slo, shi, kAssetStream, k0, k1, r0, r1, r2, r3);
-        zi[j] = normal_from_bits(r0);
-        zp[j] = normal_from_bits(r1);
+        zi[j] = normal_from_bits(r0[j]);
+        zp[j] = normal_from_bits(r1[j]);
       }
     }
   }

@@ -5,7 +5,13 @@
 // was chunked or threaded, and any step of any asset can be regenerated on its own.
 #pragma once
 
+#include <cstddef>
 #include <cstdint>
+
+#if defined(__GNUC__) && defined(__x86_64__)
+#include <immintrin.h>
+#define MF_PHILOX_X86 1
+#endif
 
 namespace mf {
 
@@ -51,6 +57,156 @@ inline U32x4 philox4x32_10(U32x4 ctr, std::uint32_t k0, std::uint32_t k1) {
   U32x4 out{};
   philox4x32_10(ctr.v[0], ctr.v[1], ctr.v[2], ctr.v[3], k0, k1, out.v[0], out.v[1], out.v[2], out.v[3]);
   return out;
+}
+
+// A block of generator outputs for the counters (c0 + j, c1, c2, c3), j in [0, m): out_i[j] is word i
+// of block j. out2 and out3 are both null when the caller needs only two words per block. Compilers
+// vectorise the scalar rounds badly: a 32 x 32 -> 64-bit product per lane becomes a widening and a
+// 64 x 64 multiply (vpmullq, three micro-ops), where x86 has one instruction that multiplies the even
+// 32-bit lanes into 64-bit products (pmuludq). So x86 gets two hand-written copies with that
+// instruction, chosen by the CPU at run time (the same copies in every build, native or portable);
+// they compute exactly the scalar function's bits, which tests/test_engine_generator.py checks for each.
+enum class PhiloxIsa : int { Generic = 0, Avx2 = 1, Avx512 = 2 };
+
+using PhiloxBlockFn = void (*)(std::uint32_t c0, std::size_t m, std::uint32_t c1, std::uint32_t c2,
+                               std::uint32_t c3, std::uint32_t k0, std::uint32_t k1, std::uint32_t* out0,
+                               std::uint32_t* out1, std::uint32_t* out2, std::uint32_t* out3);
+
+inline void philox_block_generic(std::uint32_t c0, std::size_t m, std::uint32_t c1, std::uint32_t c2,
+                                 std::uint32_t c3, std::uint32_t k0, std::uint32_t k1, std::uint32_t* out0,
+                                 std::uint32_t* out1, std::uint32_t* out2, std::uint32_t* out3) {
+  if (out2 == nullptr) {
+#pragma omp simd
+    for (std::size_t j = 0; j < m; ++j) {
+      std::uint32_t r2, r3;
+      philox4x32_10(c0 + static_cast<std::uint32_t>(j), c1, c2, c3, k0, k1, out0[j], out1[j], r2, r3);
+    }
+    return;
+  }
+#pragma omp simd
+  for (std::size_t j = 0; j < m; ++j)
+    philox4x32_10(c0 + static_cast<std::uint32_t>(j), c1, c2, c3, k0, k1, out0[j], out1[j], out2[j], out3[j]);
+}
+
+#if defined(MF_PHILOX_X86)
+// The hi and lo 32-bit halves of each lane's product with a multiplier: two even-lane multiplies (the
+// odd lanes shifted down first), their 64-bit products' halves blended back into 32-bit lanes. The two
+// copies below are the scalar rounds above, W lanes at a time; the tail goes through the scalar code.
+[[gnu::target("avx512f"), gnu::always_inline]] inline void mulhilo16(__m512i a, __m512i mult, __m512i& hi,
+                                                                    __m512i& lo) {
+  const __m512i even = _mm512_mul_epu32(a, mult), odd = _mm512_mul_epu32(_mm512_srli_epi64(a, 32), mult);
+  hi = _mm512_mask_blend_epi32(0xAAAA, _mm512_srli_epi64(even, 32), odd);  // odd lanes from `odd`
+  lo = _mm512_mask_blend_epi32(0xAAAA, even, _mm512_slli_epi64(odd, 32));
+}
+
+[[gnu::target("avx512f")]] inline void philox_block_avx512(std::uint32_t c0, std::size_t m, std::uint32_t c1,
+                                                           std::uint32_t c2, std::uint32_t c3, std::uint32_t k0,
+                                                           std::uint32_t k1, std::uint32_t* out0,
+                                                           std::uint32_t* out1, std::uint32_t* out2,
+                                                           std::uint32_t* out3) {
+  const __m512i M0 = _mm512_set1_epi32(static_cast<int>(0xD2511F53u));
+  const __m512i M1 = _mm512_set1_epi32(static_cast<int>(0xCD9E8D57u));
+  const __m512i iota = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+  std::size_t j = 0;
+  for (; j + 16 <= m; j += 16) {
+    __m512i x0 = _mm512_add_epi32(_mm512_set1_epi32(static_cast<int>(c0 + static_cast<std::uint32_t>(j))), iota);
+    __m512i x1 = _mm512_set1_epi32(static_cast<int>(c1)), x2 = _mm512_set1_epi32(static_cast<int>(c2));
+    __m512i x3 = _mm512_set1_epi32(static_cast<int>(c3));
+    std::uint32_t a = k0, b = k1;
+    for (int round = 0; round < 10; ++round) {
+      __m512i hi0, lo0, hi1, lo1;
+      mulhilo16(x0, M0, hi0, lo0);
+      mulhilo16(x2, M1, hi1, lo1);
+      x0 = _mm512_xor_si512(_mm512_xor_si512(hi1, x1), _mm512_set1_epi32(static_cast<int>(a)));
+      x2 = _mm512_xor_si512(_mm512_xor_si512(hi0, x3), _mm512_set1_epi32(static_cast<int>(b)));
+      x1 = lo1;
+      x3 = lo0;
+      a += 0x9E3779B9u;
+      b += 0xBB67AE85u;
+    }
+    _mm512_storeu_si512(out0 + j, x0);
+    _mm512_storeu_si512(out1 + j, x1);
+    if (out2 != nullptr) {
+      _mm512_storeu_si512(out2 + j, x2);
+      _mm512_storeu_si512(out3 + j, x3);
+    }
+  }
+  if (j < m)
+    philox_block_generic(c0 + static_cast<std::uint32_t>(j), m - j, c1, c2, c3, k0, k1, out0 + j, out1 + j,
+                         out2 == nullptr ? nullptr : out2 + j, out2 == nullptr ? nullptr : out3 + j);
+}
+
+[[gnu::target("avx2"), gnu::always_inline]] inline void mulhilo8(__m256i a, __m256i mult, __m256i& hi,
+                                                                __m256i& lo) {
+  const __m256i even = _mm256_mul_epu32(a, mult), odd = _mm256_mul_epu32(_mm256_srli_epi64(a, 32), mult);
+  hi = _mm256_blend_epi32(_mm256_srli_epi64(even, 32), odd, 0xAA);
+  lo = _mm256_blend_epi32(even, _mm256_slli_epi64(odd, 32), 0xAA);
+}
+
+[[gnu::target("avx2")]] inline void philox_block_avx2(std::uint32_t c0, std::size_t m, std::uint32_t c1,
+                                                      std::uint32_t c2, std::uint32_t c3, std::uint32_t k0,
+                                                      std::uint32_t k1, std::uint32_t* out0, std::uint32_t* out1,
+                                                      std::uint32_t* out2, std::uint32_t* out3) {
+  const __m256i M0 = _mm256_set1_epi32(static_cast<int>(0xD2511F53u));
+  const __m256i M1 = _mm256_set1_epi32(static_cast<int>(0xCD9E8D57u));
+  const __m256i iota = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+  std::size_t j = 0;
+  for (; j + 8 <= m; j += 8) {
+    __m256i x0 = _mm256_add_epi32(_mm256_set1_epi32(static_cast<int>(c0 + static_cast<std::uint32_t>(j))), iota);
+    __m256i x1 = _mm256_set1_epi32(static_cast<int>(c1)), x2 = _mm256_set1_epi32(static_cast<int>(c2));
+    __m256i x3 = _mm256_set1_epi32(static_cast<int>(c3));
+    std::uint32_t a = k0, b = k1;
+    for (int round = 0; round < 10; ++round) {
+      __m256i hi0, lo0, hi1, lo1;
+      mulhilo8(x0, M0, hi0, lo0);
+      mulhilo8(x2, M1, hi1, lo1);
+      x0 = _mm256_xor_si256(_mm256_xor_si256(hi1, x1), _mm256_set1_epi32(static_cast<int>(a)));
+      x2 = _mm256_xor_si256(_mm256_xor_si256(hi0, x3), _mm256_set1_epi32(static_cast<int>(b)));
+      x1 = lo1;
+      x3 = lo0;
+      a += 0x9E3779B9u;
+      b += 0xBB67AE85u;
+    }
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(out0 + j), x0);
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(out1 + j), x1);
+    if (out2 != nullptr) {
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(out2 + j), x2);
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(out3 + j), x3);
+    }
+  }
+  if (j < m)
+    philox_block_generic(c0 + static_cast<std::uint32_t>(j), m - j, c1, c2, c3, k0, k1, out0 + j, out1 + j,
+                         out2 == nullptr ? nullptr : out2 + j, out2 == nullptr ? nullptr : out3 + j);
+}
+#endif
+
+// The best copy this CPU runs, or a given one (the tests run each).
+inline PhiloxIsa philox_best_isa() {
+#if defined(MF_PHILOX_X86)
+  if (__builtin_cpu_supports("avx512f")) return PhiloxIsa::Avx512;
+  if (__builtin_cpu_supports("avx2")) return PhiloxIsa::Avx2;
+#endif
+  return PhiloxIsa::Generic;
+}
+
+inline PhiloxBlockFn philox_block_fn(PhiloxIsa isa) {
+  switch (isa) {
+#if defined(MF_PHILOX_X86)
+    case PhiloxIsa::Avx512:
+      return philox_block_avx512;
+    case PhiloxIsa::Avx2:
+      return philox_block_avx2;
+#endif
+    default:
+      return philox_block_generic;
+  }
+}
+
+inline void philox_block(std::uint32_t c0, std::size_t m, std::uint32_t c1, std::uint32_t c2, std::uint32_t c3,
+                         std::uint32_t k0, std::uint32_t k1, std::uint32_t* out0, std::uint32_t* out1,
+                         std::uint32_t* out2, std::uint32_t* out3) {
+  static const PhiloxBlockFn best = philox_block_fn(philox_best_isa());
+  best(c0, m, c1, c2, c3, k0, k1, out0, out1, out2, out3);
 }
 
 }  // namespace mf

@@ -71,3 +71,26 @@ def test_normal_transform_is_symmetric_and_bounded_at_the_extremes() -> None:
         assert low == -high
         assert -5.5 < low < 0
     assert _engine.normal_from_bits(0) == pytest.approx(stats.norm.ppf(0.5 / LEVELS), abs=1e-3)
+
+
+@pytest.mark.parametrize("isa", _engine.philox_isas())
+@pytest.mark.parametrize("n", [0, 1, 7, 8, 9, 15, 16, 17, 600])
+@pytest.mark.parametrize("first", [0, 0xFFFFFFF5], ids=["from-0", "wrapping"])
+def test_block_generator_gives_the_scalar_bits(isa: str, n: int, first: int) -> None:
+    # Every copy of the block generator (vector widths 16 and 8, with their scalar tails; the counter
+    # wrapping past 2^32) against the scalar rounds that the known answers check.
+    out = np.zeros((4, n), dtype=np.uint32)
+    _engine.philox4x32_10_block(out, first, 5, 6, 7, 0xDEADBEEF, 42, isa)
+    scalar = [_engine.philox4x32_10((first + j) % 2**32, 5, 6, 7, 0xDEADBEEF, 42) for j in range(n)]
+    np.testing.assert_array_equal(out, np.array(scalar, dtype=np.uint32).reshape(n, 4).T)
+
+
+def test_the_fast_generator_copies_are_the_ones_this_cpu_runs() -> None:
+    # So that on an AVX-512 machine (CI's included) the AVX-512 copy is the one tested above.
+    if _engine.cpu_level == "x86-64-v4":
+        assert _engine.philox_isas() == ["avx512", "avx2", "generic"]
+    elif _engine.cpu_level == "x86-64-v3":
+        assert "avx2" in _engine.philox_isas()
+    assert _engine.philox_isas()[-1] == "generic"
+    with pytest.raises(ValueError, match="unknown generator copy"):
+        _engine.philox4x32_10_block(np.zeros((4, 1), dtype=np.uint32), 0, 0, 0, 0, 0, 0, "sse9")
