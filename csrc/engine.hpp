@@ -378,13 +378,28 @@ class Engine {
     }
     if constexpr (kLifted) {
       const std::size_t N = p_.n_assets;
-      for (std::size_t l = 0; l < p_.n_lift; ++l) {
-        double* __restrict u = &u_[l * N + b];
-        const double *c = &p_.lift_weight[l * N + b], *d = &lift_decay_[l * N + b], *ph = &lift_phi_[l * N + b];
+      if (lift_shared_) {
+        // Every asset has the same kernel (one Hurst exponent): its constants are scalars, and each
+        // factor pass streams only the factors themselves instead of four arrays. The same operations
+        // on the same values as below, so the same bits.
+        for (std::size_t l = 0; l < p_.n_lift; ++l) {
+          double* __restrict u = &u_[l * N + b];
+          const double c = p_.lift_weight[l * N], d = lift_decay_[l * N], ph = lift_phi_[l * N];
 #pragma omp simd
-        for (std::size_t j = 0; j < m; ++j) {
-          u[j] = fused(u[j], d[j], ph[j] * dr[j]);
-          v[j] = fused(c[j], u[j], v[j]);
+          for (std::size_t j = 0; j < m; ++j) {
+            u[j] = fused(u[j], d, ph * dr[j]);
+            v[j] = fused(c, u[j], v[j]);
+          }
+        }
+      } else {
+        for (std::size_t l = 0; l < p_.n_lift; ++l) {
+          double* __restrict u = &u_[l * N + b];
+          const double *c = &p_.lift_weight[l * N + b], *d = &lift_decay_[l * N + b], *ph = &lift_phi_[l * N + b];
+#pragma omp simd
+          for (std::size_t j = 0; j < m; ++j) {
+            u[j] = fused(u[j], d[j], ph[j] * dr[j]);
+            v[j] = fused(c[j], u[j], v[j]);
+          }
         }
       }
     }
@@ -528,6 +543,11 @@ class Engine {
       lift_decay_[i] = std::exp(-z);
       lift_phi_[i] = z > 1e-12 ? -std::expm1(-z) / z : 1.0;
     }
+    lift_shared_ = N > 0 && p_.n_lift > 0;
+    for (std::size_t l = 0; l < p_.n_lift && lift_shared_; ++l)
+      for (std::size_t i = 1; i < N && lift_shared_; ++i)
+        lift_shared_ = p_.lift_weight[l * N + i] == p_.lift_weight[l * N] &&
+                       p_.lift_speed[l * N + i] == p_.lift_speed[l * N];
     jumps_ = false;
     double max_ldt = 0.0;
     for (std::size_t i = 0; i < N; ++i) {
@@ -579,6 +599,7 @@ class Engine {
   // Per-asset constants derived from the parameters and dt.
   std::vector<double> rho_, rc_, mudt_, kdt_, E_, c1_, c2_, K2_, K3_, A_, ldt_, exp_mldt_, jump_comp_;
   std::vector<double> lift_decay_, lift_phi_;  // e^{-x_l dt} and (1 - e^{-x_l dt}) / (x_l dt), L x N
+  bool lift_shared_ = false;                   // every asset has the same kernel (see euler_block)
   bool jumps_ = false;
   int jump_kmax_ = 0;
 };

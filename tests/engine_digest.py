@@ -6,6 +6,7 @@ tests/test_engine_isa.py) with an optional path to another build of marketfeed._
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import importlib.util
 import json
@@ -34,11 +35,18 @@ def digests() -> dict[str, str]:
     # 600 assets: a full 512-asset block and a partial one (vector loops with remainders), every fifth
     # breaking Feller's condition, so QE takes its exponential branch as well as its quadratic one.
     universe = mixed_universe(600)
+    rough = dataclasses.replace(
+        universe,
+        assets=tuple(
+            dataclasses.replace(a, hurst=0.1 + 0.05 * (i % 3)) for i, a in enumerate(universe.assets)
+        ),
+    )
     modes = {
         "qe": (universe, Scheme.QE, False),
         "qe-jumps": (universe, Scheme.QE, True),
         "euler": (universe, Scheme.EULER, False),
-        "lifted": (universe.with_hurst(0.1), Scheme.LIFTED, False),
+        "lifted": (universe.with_hurst(0.1), Scheme.LIFTED, False),  # one kernel shared by all assets
+        "lifted-per-asset": (rough, Scheme.LIFTED, False),  # a kernel per asset
     }
     out = {}
     for name, (u, scheme, jumps) in modes.items():

@@ -125,6 +125,22 @@ def test_an_assets_path_does_not_depend_on_the_others() -> None:
     assert np.array_equal(alone.prices, among.prices[:, :7])
 
 
+def test_one_shared_rough_kernel_gives_the_per_asset_kernels_bits() -> None:
+    # When every asset has the same Hurst exponent, the lifted scheme keeps one kernel for all of them
+    # (a faster loop); one asset with another exponent sends the universe down the per-asset loop.
+    # The other assets must not notice which loop ran.
+    shared = UNIVERSE.with_hurst(0.1)
+    last = dataclasses.replace(shared.assets[-1], hurst=0.3)
+    mixed = dataclasses.replace(shared, assets=(*shared.assets[:-1], last))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FellerConditionWarning)
+        a = Simulator(shared, dt=DT, seed=4, scheme=Scheme.LIFTED, threads=2).paths(60)
+        b = Simulator(mixed, dt=DT, seed=4, scheme=Scheme.LIFTED, threads=2).paths(60)
+    for x, y in ((a.prices, b.prices), (a.variances, b.variances)):
+        assert np.array_equal(x[:, :-1], y[:, :-1])
+        assert not np.array_equal(x[:, -1], y[:, -1])  # the odd asset did take its own kernel
+
+
 @pytest.mark.parametrize(("scheme", "jumps"), MODES, ids=MODE_IDS)
 def test_saved_state_continues_bit_for_bit(scheme: Scheme, jumps: bool) -> None:
     original = simulator(9, scheme, jumps)
