@@ -41,7 +41,7 @@ mf::PhiloxIsa philox_isa(const std::string& name) {
   throw std::invalid_argument("unknown generator copy: " + name);
 }
 
-std::vector<double> to_vector(const InVec& a) { return {a.data(), a.data() + a.shape(0)}; }
+mf::Vec<double> to_vector(const InVec& a) { return {a.data(), a.data() + a.shape(0)}; }
 
 mf::Engine make_engine(InVec log_s0, InVec mu, InVec v0, InVec kappa, InVec theta, InVec xi, InVec rho,
                        InMat loadings, InVec idio, InCube factor_chol, InVec regime_scale, InMat regime_switch,
