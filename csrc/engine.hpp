@@ -313,20 +313,12 @@ class Engine {
     float* zp = s.z_perp.data();
     double* uj = s.u_jump.data();
     float* zj = s.z_jump.data();
+    normals_from_bits(r0, zi, m);
+    normals_from_bits(r1, zp, m);
     if (jumps_) {
 #pragma omp simd
-      for (std::size_t j = 0; j < m; ++j) {
-        zi[j] = normal_from_bits(r0[j]);
-        zp[j] = normal_from_bits(r1[j]);
-        uj[j] = uniform_from_bits(r2[j]);
-        zj[j] = normal_from_bits(r3[j]);
-      }
-    } else {
-#pragma omp simd
-      for (std::size_t j = 0; j < m; ++j) {
-        zi[j] = normal_from_bits(r0[j]);
-        zp[j] = normal_from_bits(r1[j]);
-      }
+      for (std::size_t j = 0; j < m; ++j) uj[j] = uniform_from_bits(r2[j]);
+      normals_from_bits(r3, zj, m);
     }
   }
 

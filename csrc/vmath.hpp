@@ -93,25 +93,68 @@ MF_INLINE float vlogf(float x) {
 // Inversion keeps one uniform per normal (no rejection, no pairs), which is what keeps the counter
 // layout simple. Both of Giles' branches are evaluated and one is selected, so the loop stays
 // branch-free. u is taken from the top 24 bits at odd multiples of 2^-25, so |z| <= 5.4.
-MF_INLINE float normal_from_bits(std::uint32_t r) {
-  // x = 2u - 1 = (2k + 1 - 2^24) / 2^24 for the top 24 bits k: an odd integer below 2^24 in
-  // magnitude, so x, 1 - x and 1 + x are all exact in float. (Forming u = (k + 1/2) / 2^24 first
-  // rounds u to 1 for the largest k, and the logarithm below then returns nonsense.)
+
+// x = 2u - 1 = (2k + 1 - 2^24) / 2^24 for the top 24 bits k: an odd integer below 2^24 in magnitude,
+// so x, 1 - x and 1 + x are all exact in float. (Forming u = (k + 1/2) / 2^24 first rounds u to 1 for
+// the largest k, and the logarithm below then returns nonsense.)
+MF_INLINE float normal_x(std::uint32_t r) {
   const std::int32_t k = static_cast<std::int32_t>(r >> 8);
-  const float x = static_cast<float>(2 * k + 1 - (1 << 24)) * 0x1p-24f;
-  const float w = -vlogf((1.0f - x) * (1.0f + x));
-  const float wc = w - 2.5f;
+  return static_cast<float>(2 * k + 1 - (1 << 24)) * 0x1p-24f;
+}
+
+MF_INLINE float normal_w(float x) { return -vlogf((1.0f - x) * (1.0f + x)); }
+
+constexpr float kNormalTailW = 5.0f;  // Giles' branch point: w >= 5 is |z| above about 2.9
+
+MF_INLINE float normal_central(float w) {
   static constexpr float kPc[] = {
       2.81022636e-08f, 3.43273939e-07f, -3.5233877e-06f, -4.39150654e-06f, 0.00021858087f,
       -0.00125372503f, -0.00417768164f, 0.246640727f, 1.50140941f};
-  const float pc = horner(wc, kPc);
-  const float wt = __builtin_sqrtf(w) - 3.0f;
+  return horner(w - 2.5f, kPc);
+}
+
+MF_INLINE float normal_tail(float w) {
   static constexpr float kPt[] = {
       -0.000200214257f, 0.000100950558f, 0.00134934322f, -0.00367342844f, 0.00573950773f,
       -0.0076224613f, 0.00943887047f, 1.00167406f, 2.83297682f};
-  const float pt = horner(wt, kPt);
-  const float p = w < 5.0f ? pc : pt;
+  return horner(__builtin_sqrtf(w) - 3.0f, kPt);
+}
+
+MF_INLINE float normal_from_bits(std::uint32_t r) {
+  const float x = normal_x(r);
+  const float w = normal_w(x);
+  const float p = w < kNormalTailW ? normal_central(w) : normal_tail(w);
   return 1.41421356f * p * x;
+}
+
+// normal_from_bits for a block of words, the same bits for each. The tail branch (a square root and
+// a polynomial of its own: a third of the transform's cost) is needed by one word in about 300, so by
+// about one chunk of 32 in ten: each chunk computes the central branch, and the tail only if one of
+// its lanes needs it. Chunks of 16, 32, 64 measured 18%, 24%, 29% faster than selecting per lane with
+// AVX-512, 22%, 20%, 10% with AVX2.
+MF_INLINE void normals_from_bits(const std::uint32_t* __restrict r, float* __restrict z, std::size_t m) {
+  constexpr std::size_t kChunk = 32;
+  std::size_t c = 0;
+  for (; c + kChunk <= m; c += kChunk) {
+    const std::uint32_t* rc = r + c;
+    float* zc = z + c;
+    int tail = 0;
+#pragma omp simd reduction(| : tail)
+    for (std::size_t j = 0; j < kChunk; ++j) {
+      const float x = normal_x(rc[j]);
+      const float w = normal_w(x);
+      zc[j] = 1.41421356f * normal_central(w) * x;
+      tail |= w < kNormalTailW ? 0 : 1;
+    }
+    if (tail == 0) continue;
+#pragma omp simd
+    for (std::size_t j = 0; j < kChunk; ++j) {
+      const float x = normal_x(rc[j]);
+      const float w = normal_w(x);
+      zc[j] = w < kNormalTailW ? zc[j] : 1.41421356f * normal_tail(w) * x;
+    }
+  }
+  for (; c < m; ++c) z[c] = normal_from_bits(r[c]);
 }
 
 // A uniform in (0, 1) from 32 random bits, in double (odd multiples of 2^-33).
