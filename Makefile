@@ -61,6 +61,7 @@ pytest: setup-dev
 
 bench: setup-dev
 	$(BIN)/python bench/engine.py
+	$(CXX) -O3 -march=native -fopenmp-simd -pthread bench/threads.cpp -o build/threads && build/threads
 
 clean:
 	rm -rf $(VENV) build node_modules public/vendor

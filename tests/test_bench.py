@@ -3,6 +3,7 @@ benchmarks measure, tests check."""
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -29,3 +30,23 @@ def test_benchmark_runs_in_its_quick_configuration(script: str, needle: str) -> 
     assert result.returncode == 0, result.stderr[-3000:]
     assert needle in result.stdout
     assert "nan" not in result.stdout.split("\n", 2)[-1]  # every figure was measured
+
+
+def test_the_thread_scaling_benchmark_builds_and_runs(tmp_path: Path) -> None:
+    compiler = shutil.which("g++") or shutil.which("c++")
+    if compiler is None:
+        pytest.fail("a C++ compiler is needed (the engine's build needs one too)")
+    binary = tmp_path / "threads"
+    flags = ["-O2", "-fopenmp-simd", "-pthread", "-Wall", "-Wextra", "-Werror"]
+    subprocess.run([compiler, *flags, str(BENCH / "threads.cpp"), "-o", str(binary)], check=True, timeout=120)
+    result = subprocess.run(
+        [str(binary), "64", "10"], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert result.returncode == 0, result.stderr
+    assert "streaming" in result.stdout
+    assert "dependent" in result.stdout
+    assert "nan" not in result.stdout
+    assert "inf" not in result.stdout
+    bad = subprocess.run([str(binary), "8"], capture_output=True, text=True, timeout=60, check=False)
+    assert bad.returncode == 2
+    assert "at least 16" in bad.stderr
