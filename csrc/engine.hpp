@@ -610,7 +610,7 @@ class Engine {
   // Per-asset constants derived from the parameters and dt.
   Vec<double> rho_, rc_, mudt_, kdt_, E_, c1_, c2_, K2_, K3_, A_, ldt_, exp_mldt_, jump_comp_;
   Vec<double> lift_decay_, lift_phi_;  // e^{-x_l dt} and (1 - e^{-x_l dt}) / (x_l dt), L x N
-  bool lift_shared_ = false;                   // every asset has the same kernel (see euler_block)
+  bool lift_shared_ = false;  // every asset has the same kernel (see euler_block)
   bool jumps_ = false;
   int jump_kmax_ = 0;
 };

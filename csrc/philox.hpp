@@ -89,52 +89,41 @@ inline void philox_block_generic(std::uint32_t c0, std::size_t m, std::uint32_t 
 }
 
 #if defined(MF_PHILOX_X86)
-// The hi and lo 32-bit halves of each lane's product with a multiplier: two even-lane multiplies (the
-// odd lanes shifted down first), their 64-bit products' halves put back into 32-bit lanes. The two
-// copies below are the scalar rounds above, W lanes at a time; the tail goes through the scalar code.
-// With AVX-512 one two-source permute picks each half straight from the two products (18% faster
-// than shifting and blending them).
-[[gnu::target("avx512f"), gnu::always_inline]] inline void mulhilo16(__m512i a, __m512i mult, __m512i& hi,
-                                                                    __m512i& lo) {
-  const __m512i even = _mm512_mul_epu32(a, mult), odd = _mm512_mul_epu32(_mm512_srli_epi64(a, 32), mult);
-  // Indices 0-15 are `even`'s 32-bit words, 16-31 `odd`'s: lane 2i takes even's word 2i+1 (hi) or 2i
-  // (lo), lane 2i+1 takes odd's.
-  const __m512i hi_words = _mm512_setr_epi32(1, 17, 3, 19, 5, 21, 7, 23, 9, 25, 11, 27, 13, 29, 15, 31);
-  const __m512i lo_words = _mm512_setr_epi32(0, 16, 2, 18, 4, 20, 6, 22, 8, 24, 10, 26, 12, 28, 14, 30);
-  hi = _mm512_permutex2var_epi32(even, hi_words, odd);
-  lo = _mm512_permutex2var_epi32(even, lo_words, odd);
-}
-
-[[gnu::target("avx512f")]] inline void philox_block_avx512(std::uint32_t c0, std::size_t m, std::uint32_t c1,
-                                                           std::uint32_t c2, std::uint32_t c3, std::uint32_t k0,
-                                                           std::uint32_t k1, std::uint32_t* out0,
-                                                           std::uint32_t* out1, std::uint32_t* out2,
-                                                           std::uint32_t* out3) {
-  const __m512i M0 = _mm512_set1_epi32(static_cast<int>(0xD2511F53u));
-  const __m512i M1 = _mm512_set1_epi32(static_cast<int>(0xCD9E8D57u));
-  const __m512i iota = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+// The scalar rounds above, W lanes at a time, for any Lanes: a vector type V of W 32-bit lanes and its
+// operations, each compiled for its instruction set (Avx512Lanes, Avx2Lanes below). mulhilo gives the
+// hi and lo 32-bit halves of each lane's product with a multiplier from two even-lane multiplies
+// (the odd lanes shifted down first). The wrappers below are flattened, so everything here is inlined
+// into code for their instruction set; the tail goes through the scalar code.
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wpsabi"  // vectors passed by value: all of it is inlined
+template <class Lanes>
+inline void philox_lanes(std::uint32_t c0, std::size_t m, std::uint32_t c1, std::uint32_t c2, std::uint32_t c3,
+                         std::uint32_t k0, std::uint32_t k1, std::uint32_t* out0, std::uint32_t* out1,
+                         std::uint32_t* out2, std::uint32_t* out3) {
+  using V = typename Lanes::V;
+  constexpr std::size_t W = Lanes::kWidth;
+  const V M0 = Lanes::set1(0xD2511F53u), M1 = Lanes::set1(0xCD9E8D57u);
   std::size_t j = 0;
-  for (; j + 16 <= m; j += 16) {
-    __m512i x0 = _mm512_add_epi32(_mm512_set1_epi32(static_cast<int>(c0 + static_cast<std::uint32_t>(j))), iota);
-    __m512i x1 = _mm512_set1_epi32(static_cast<int>(c1)), x2 = _mm512_set1_epi32(static_cast<int>(c2));
-    __m512i x3 = _mm512_set1_epi32(static_cast<int>(c3));
+  for (; j + W <= m; j += W) {
+    V x0 = Lanes::iota(c0 + static_cast<std::uint32_t>(j));
+    V x1 = Lanes::set1(c1), x2 = Lanes::set1(c2), x3 = Lanes::set1(c3);
     std::uint32_t a = k0, b = k1;
     for (int round = 0; round < 10; ++round) {
-      __m512i hi0, lo0, hi1, lo1;
-      mulhilo16(x0, M0, hi0, lo0);
-      mulhilo16(x2, M1, hi1, lo1);
-      x0 = _mm512_xor_si512(_mm512_xor_si512(hi1, x1), _mm512_set1_epi32(static_cast<int>(a)));
-      x2 = _mm512_xor_si512(_mm512_xor_si512(hi0, x3), _mm512_set1_epi32(static_cast<int>(b)));
+      V hi0, lo0, hi1, lo1;
+      Lanes::mulhilo(x0, M0, hi0, lo0);
+      Lanes::mulhilo(x2, M1, hi1, lo1);
+      x0 = Lanes::xor3(hi1, x1, Lanes::set1(a));
+      x2 = Lanes::xor3(hi0, x3, Lanes::set1(b));
       x1 = lo1;
       x3 = lo0;
       a += 0x9E3779B9u;
       b += 0xBB67AE85u;
     }
-    _mm512_storeu_si512(out0 + j, x0);
-    _mm512_storeu_si512(out1 + j, x1);
+    Lanes::store(out0 + j, x0);
+    Lanes::store(out1 + j, x1);
     if (out2 != nullptr) {
-      _mm512_storeu_si512(out2 + j, x2);
-      _mm512_storeu_si512(out3 + j, x3);
+      Lanes::store(out2 + j, x2);
+      Lanes::store(out3 + j, x3);
     }
   }
   if (j < m)
@@ -142,48 +131,56 @@ inline void philox_block_generic(std::uint32_t c0, std::size_t m, std::uint32_t 
                          out2 == nullptr ? nullptr : out2 + j, out2 == nullptr ? nullptr : out3 + j);
 }
 
-[[gnu::target("avx2"), gnu::always_inline]] inline void mulhilo8(__m256i a, __m256i mult, __m256i& hi,
-                                                                __m256i& lo) {
-  const __m256i even = _mm256_mul_epu32(a, mult), odd = _mm256_mul_epu32(_mm256_srli_epi64(a, 32), mult);
-  hi = _mm256_blend_epi32(_mm256_srli_epi64(even, 32), odd, 0xAA);
-  lo = _mm256_blend_epi32(even, _mm256_slli_epi64(odd, 32), 0xAA);
+struct Avx512Lanes {
+  using V = __m512i;
+  static constexpr std::size_t kWidth = 16;
+  [[gnu::target("avx512f")]] static V set1(std::uint32_t x) { return _mm512_set1_epi32(static_cast<int>(x)); }
+  [[gnu::target("avx512f")]] static V iota(std::uint32_t first) {
+    return _mm512_add_epi32(set1(first), _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15));
+  }
+  [[gnu::target("avx512f")]] static V xor3(V a, V b, V c) { return _mm512_xor_si512(_mm512_xor_si512(a, b), c); }
+  [[gnu::target("avx512f")]] static void store(std::uint32_t* p, V x) { _mm512_storeu_si512(p, x); }
+  // One two-source permute picks each half straight from the two products (18% faster than shifting
+  // and blending them). Indices 0-15 are `even`'s 32-bit words, 16-31 `odd`'s: lane 2i takes even's
+  // word 2i+1 (hi) or 2i (lo), lane 2i+1 takes odd's.
+  [[gnu::target("avx512f")]] static void mulhilo(V a, V mult, V& hi, V& lo) {
+    const V even = _mm512_mul_epu32(a, mult), odd = _mm512_mul_epu32(_mm512_srli_epi64(a, 32), mult);
+    hi = _mm512_permutex2var_epi32(even, _mm512_setr_epi32(1, 17, 3, 19, 5, 21, 7, 23, 9, 25, 11, 27, 13, 29, 15, 31), odd);
+    lo = _mm512_permutex2var_epi32(even, _mm512_setr_epi32(0, 16, 2, 18, 4, 20, 6, 22, 8, 24, 10, 26, 12, 28, 14, 30), odd);
+  }
+};
+
+struct Avx2Lanes {
+  using V = __m256i;
+  static constexpr std::size_t kWidth = 8;
+  [[gnu::target("avx2")]] static V set1(std::uint32_t x) { return _mm256_set1_epi32(static_cast<int>(x)); }
+  [[gnu::target("avx2")]] static V iota(std::uint32_t first) {
+    return _mm256_add_epi32(set1(first), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+  }
+  [[gnu::target("avx2")]] static V xor3(V a, V b, V c) { return _mm256_xor_si256(_mm256_xor_si256(a, b), c); }
+  [[gnu::target("avx2")]] static void store(std::uint32_t* p, V x) {
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(p), x);
+  }
+  // Odd lanes shifted into place and blended in (0xAA: the odd 32-bit lanes from the second argument).
+  [[gnu::target("avx2")]] static void mulhilo(V a, V mult, V& hi, V& lo) {
+    const V even = _mm256_mul_epu32(a, mult), odd = _mm256_mul_epu32(_mm256_srli_epi64(a, 32), mult);
+    hi = _mm256_blend_epi32(_mm256_srli_epi64(even, 32), odd, 0xAA);
+    lo = _mm256_blend_epi32(even, _mm256_slli_epi64(odd, 32), 0xAA);
+  }
+};
+
+[[gnu::target("avx512f"), gnu::flatten]] inline void philox_block_avx512(
+    std::uint32_t c0, std::size_t m, std::uint32_t c1, std::uint32_t c2, std::uint32_t c3, std::uint32_t k0,
+    std::uint32_t k1, std::uint32_t* out0, std::uint32_t* out1, std::uint32_t* out2, std::uint32_t* out3) {
+  philox_lanes<Avx512Lanes>(c0, m, c1, c2, c3, k0, k1, out0, out1, out2, out3);
 }
 
-[[gnu::target("avx2")]] inline void philox_block_avx2(std::uint32_t c0, std::size_t m, std::uint32_t c1,
-                                                      std::uint32_t c2, std::uint32_t c3, std::uint32_t k0,
-                                                      std::uint32_t k1, std::uint32_t* out0, std::uint32_t* out1,
-                                                      std::uint32_t* out2, std::uint32_t* out3) {
-  const __m256i M0 = _mm256_set1_epi32(static_cast<int>(0xD2511F53u));
-  const __m256i M1 = _mm256_set1_epi32(static_cast<int>(0xCD9E8D57u));
-  const __m256i iota = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
-  std::size_t j = 0;
-  for (; j + 8 <= m; j += 8) {
-    __m256i x0 = _mm256_add_epi32(_mm256_set1_epi32(static_cast<int>(c0 + static_cast<std::uint32_t>(j))), iota);
-    __m256i x1 = _mm256_set1_epi32(static_cast<int>(c1)), x2 = _mm256_set1_epi32(static_cast<int>(c2));
-    __m256i x3 = _mm256_set1_epi32(static_cast<int>(c3));
-    std::uint32_t a = k0, b = k1;
-    for (int round = 0; round < 10; ++round) {
-      __m256i hi0, lo0, hi1, lo1;
-      mulhilo8(x0, M0, hi0, lo0);
-      mulhilo8(x2, M1, hi1, lo1);
-      x0 = _mm256_xor_si256(_mm256_xor_si256(hi1, x1), _mm256_set1_epi32(static_cast<int>(a)));
-      x2 = _mm256_xor_si256(_mm256_xor_si256(hi0, x3), _mm256_set1_epi32(static_cast<int>(b)));
-      x1 = lo1;
-      x3 = lo0;
-      a += 0x9E3779B9u;
-      b += 0xBB67AE85u;
-    }
-    _mm256_storeu_si256(reinterpret_cast<__m256i*>(out0 + j), x0);
-    _mm256_storeu_si256(reinterpret_cast<__m256i*>(out1 + j), x1);
-    if (out2 != nullptr) {
-      _mm256_storeu_si256(reinterpret_cast<__m256i*>(out2 + j), x2);
-      _mm256_storeu_si256(reinterpret_cast<__m256i*>(out3 + j), x3);
-    }
-  }
-  if (j < m)
-    philox_block_generic(c0 + static_cast<std::uint32_t>(j), m - j, c1, c2, c3, k0, k1, out0 + j, out1 + j,
-                         out2 == nullptr ? nullptr : out2 + j, out2 == nullptr ? nullptr : out3 + j);
+[[gnu::target("avx2"), gnu::flatten]] inline void philox_block_avx2(
+    std::uint32_t c0, std::size_t m, std::uint32_t c1, std::uint32_t c2, std::uint32_t c3, std::uint32_t k0,
+    std::uint32_t k1, std::uint32_t* out0, std::uint32_t* out1, std::uint32_t* out2, std::uint32_t* out3) {
+  philox_lanes<Avx2Lanes>(c0, m, c1, c2, c3, k0, k1, out0, out1, out2, out3);
 }
+#pragma GCC diagnostic pop
 #endif
 
 // The best copy this CPU runs, or a given one (the tests run each).
