@@ -26,6 +26,8 @@ using InCube = nb::ndarray<const double, nb::ndim<3>, nb::c_contig, nb::device::
 using OutMat = nb::ndarray<double, nb::ndim<2>, nb::c_contig, nb::device::cpu>;
 
 using U32Mat = nb::ndarray<std::uint32_t, nb::ndim<2>, nb::c_contig, nb::device::cpu>;
+using U32Vec = nb::ndarray<const std::uint32_t, nb::ndim<1>, nb::c_contig, nb::device::cpu>;
+using F32Vec = nb::ndarray<float, nb::ndim<1>, nb::c_contig, nb::device::cpu>;
 
 const char* philox_isa_name(mf::PhiloxIsa isa) {
   return isa == mf::PhiloxIsa::Avx512 ? "avx512" : isa == mf::PhiloxIsa::Avx2 ? "avx2" : "generic";
@@ -168,6 +170,11 @@ NB_MODULE(_engine, m) {
           mf::philox_block_fn(philox_isa(isa))(c0, n, c1, c2, c3, k0, k1, r, r + n, r + 2 * n, r + 3 * n);
         }, "out"_a.noconvert(), "c0"_a, "c1"_a, "c2"_a, "c3"_a, "k0"_a, "k1"_a, "isa"_a,
         "The engine's block generator (one of philox_isas()) for counters (c0 + j, c1, c2, c3), into a (4, n) array.");
+  m.def("normals_from_bits", [](U32Vec bits, F32Vec out) {
+          if (bits.shape(0) != out.shape(0)) throw std::invalid_argument("bits and out differ in length");
+          mf::normals_from_bits(bits.data(), out.data(), bits.shape(0));
+        }, "bits"_a, "out"_a.noconvert(),
+        "The engine's transform for a block of words (tail branch only in chunks that need it), into out.");
   m.def("normal_from_bits", &mf::normal_from_bits, "bits"_a,
         "The engine's uint32 -> standard normal transform (inverse CDF), exposed for tests.");
 }

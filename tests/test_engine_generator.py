@@ -94,3 +94,32 @@ def test_the_fast_generator_copies_are_the_ones_this_cpu_runs() -> None:
     assert _engine.philox_isas()[-1] == "generic"
     with pytest.raises(ValueError, match="unknown generator copy"):
         _engine.philox4x32_10_block(np.zeros((4, 1), dtype=np.uint32), 0, 0, 0, 0, 0, 0, "sse9")
+
+
+@pytest.mark.parametrize(
+    "kind", ["random", "all-tails", "no-tails", "tails-at-chunk-edges"], ids=lambda k: str(k)
+)
+@pytest.mark.parametrize("n", [1, 31, 32, 33, 95, 512])
+def test_block_normals_are_the_per_word_normals(kind: str, n: int) -> None:
+    # The block transform computes Giles' tail branch only in chunks of 32 where a lane needs it; every
+    # word must still get exactly normal_from_bits. Tails are the top and bottom 0.17% of the levels.
+    rng = np.random.default_rng(n)
+    tail_low = rng.integers(0, 28_000, n, dtype=np.uint32) << np.uint32(8)
+    central = rng.integers(1 << 22, 3 << 22, n, dtype=np.uint32) << np.uint32(8)
+    if kind == "random":
+        bits = rng.integers(0, 2**32, n, dtype=np.uint32)
+    elif kind == "all-tails":
+        bits = tail_low
+    elif kind == "no-tails":
+        bits = central
+    else:
+        bits = central.copy()
+        for i in (0, 31, 32, n - 1):
+            if i < n:
+                bits[i] = np.uint32(0xFFFFFF00) - tail_low[i]  # an upper tail
+    out = np.zeros(n, dtype=np.float32)
+    _engine.normals_from_bits(bits, out)
+    expected = np.array([_engine.normal_from_bits(int(b)) for b in bits], dtype=np.float32)
+    np.testing.assert_array_equal(out, expected)
+    if kind in ("all-tails", "tails-at-chunk-edges"):
+        assert np.abs(out).max() > 2.9  # the tail branch did run
