@@ -25,7 +25,7 @@ import numpy as np
 import numpy.typing as npt
 
 from marketfeed import _engine
-from marketfeed.engine import Scheme, Simulator, Universe, lifted_kernel
+from marketfeed.engine import Scheme, Simulator, Universe, build_info, lifted_kernel
 from marketfeed.market import Market
 
 Array = npt.NDArray[np.float64]
@@ -147,6 +147,7 @@ def main() -> None:
     dt = 1.0 / (252 * 390)  # one minute of a trading day
     n = args.assets
     build = "native (-march=native)" if _engine.native else f"portable, running {_engine.isa}"
+    build += f", {build_info()['generator']} generator"
     print(
         f"engine benchmark: {n} assets, {len(u.factors)} factors, dt = 1 min; build: {build}; "
         f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores; "

@@ -571,6 +571,13 @@ class Simulator:
 X_SLOW = 0.1
 
 
+def build_info() -> dict[str, Any]:
+    """Which compiled code runs here: the native or the portable build, the copy of the hot loops the
+    portable build dispatched to, and the copy of the random-number generator this CPU runs (all of
+    them compute the same bits)."""
+    return {"native": _engine.native, "isa": _engine.isa, "generator": _engine.philox_isas()[0]}
+
+
 def lifted_kernel(hurst: float, n: int, x_fast: float) -> tuple[FloatArray, FloatArray]:
     """Weights c and speeds x with sum_l c_l exp(-x_l t) ~ t^(H-1/2) / Gamma(H+1/2) (n >= 2 factors).
 

@@ -17,8 +17,8 @@ from fastapi import APIRouter, Depends, Header, HTTPException, Query, Request, W
 from fastapi.responses import PlainTextResponse, Response, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 
-from marketfeed import _engine, analytics, metrics, scenarios
-from marketfeed.engine import SECONDS_PER_YEAR, FellerConditionWarning
+from marketfeed import analytics, metrics, scenarios
+from marketfeed.engine import SECONDS_PER_YEAR, FellerConditionWarning, build_info
 from marketfeed.history.candles import Candle, Interval
 from marketfeed.runtime import COMMAND_TIMEOUT_S, Event, NoEngineError, Runtime
 from marketfeed.scenarios import DEFAULT_HALF_LIFE, Scenario
@@ -169,7 +169,7 @@ async def model(request: Request) -> Response:
             "rough_factors": s.rough_factors,
             # Which compiled code steps the market (the Docker image's portable build picks one of its
             # AVX-512 / AVX2 / baseline copies at load time); none on an edge, which runs no engine.
-            "engine_build": {"native": _engine.native, "isa": _engine.isa} if rt.market else None,
+            "engine_build": build_info() if rt.market else None,
             "jumps": s.jumps,
             "tick_rate": s.tick_rate,
             "speed": s.speed,
