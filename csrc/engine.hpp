@@ -388,30 +388,29 @@ class Engine {
       }
     }
     if constexpr (kLifted) {
-      const std::size_t N = p_.n_assets;
-      if (lift_shared_) {
-        // Every asset has the same kernel (one Hurst exponent): its constants are scalars, and each
-        // factor pass streams only the factors themselves instead of four arrays. The same operations
-        // on the same values as below, so the same bits.
-        for (std::size_t l = 0; l < p_.n_lift; ++l) {
-          double* __restrict u = &u_[l * N + b];
-          const double c = p_.lift_weight[l * N], d = lift_decay_[l * N], ph = lift_phi_[l * N];
+      if (lift_shared_)
+        lift_passes<true>(b, m, v, dr);
+      else
+        lift_passes<false>(b, m, v, dr);
+    }
+  }
+
+  // The lifted scheme's factor passes over assets [b, b + m): U_l' = e_l U_l + phi_l D, V += c_l U_l'.
+  // kShared: every asset has the same kernel (one Hurst exponent), so its constants are scalars and
+  // each pass streams only the factors instead of four arrays. The same operations on the same values
+  // either way, so the same bits.
+  template <bool kShared>
+  void lift_passes(std::size_t b, std::size_t m, double* __restrict v, const double* __restrict dr) {
+    const std::size_t N = p_.n_assets;
+    for (std::size_t l = 0; l < p_.n_lift; ++l) {
+      double* __restrict u = &u_[l * N + b];
+      const std::size_t at = l * N + (kShared ? 0 : b);
+      const double *c = &p_.lift_weight[at], *d = &lift_decay_[at], *ph = &lift_phi_[at];
 #pragma omp simd
-          for (std::size_t j = 0; j < m; ++j) {
-            u[j] = fused(u[j], d, ph * dr[j]);
-            v[j] = fused(c, u[j], v[j]);
-          }
-        }
-      } else {
-        for (std::size_t l = 0; l < p_.n_lift; ++l) {
-          double* __restrict u = &u_[l * N + b];
-          const double *c = &p_.lift_weight[l * N + b], *d = &lift_decay_[l * N + b], *ph = &lift_phi_[l * N + b];
-#pragma omp simd
-          for (std::size_t j = 0; j < m; ++j) {
-            u[j] = fused(u[j], d[j], ph[j] * dr[j]);
-            v[j] = fused(c[j], u[j], v[j]);
-          }
-        }
+      for (std::size_t j = 0; j < m; ++j) {
+        const std::size_t k = kShared ? 0 : j;
+        u[j] = fused(u[j], d[k], ph[k] * dr[j]);
+        v[j] = fused(c[k], u[j], v[j]);
       }
     }
   }
