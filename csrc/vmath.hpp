@@ -120,11 +120,13 @@ MF_INLINE float normal_tail(float w) {
   return horner(__builtin_sqrtf(w) - 3.0f, kPt);
 }
 
+// z = sqrt(2) erfinv(x), erfinv(x) = p x with p from either branch.
+MF_INLINE float normal_z(float p, float x) { return 1.41421356f * p * x; }
+
 MF_INLINE float normal_from_bits(std::uint32_t r) {
   const float x = normal_x(r);
   const float w = normal_w(x);
-  const float p = w < kNormalTailW ? normal_central(w) : normal_tail(w);
-  return 1.41421356f * p * x;
+  return normal_z(w < kNormalTailW ? normal_central(w) : normal_tail(w), x);
 }
 
 // normal_from_bits for a block of words, the same bits for each. The tail branch (a square root and
@@ -143,7 +145,7 @@ MF_INLINE void normals_from_bits(const std::uint32_t* __restrict r, float* __res
     for (std::size_t j = 0; j < kChunk; ++j) {
       const float x = normal_x(rc[j]);
       const float w = normal_w(x);
-      zc[j] = 1.41421356f * normal_central(w) * x;
+      zc[j] = normal_z(normal_central(w), x);
       tail |= w < kNormalTailW ? 0 : 1;
     }
     if (tail == 0) continue;
@@ -151,7 +153,7 @@ MF_INLINE void normals_from_bits(const std::uint32_t* __restrict r, float* __res
     for (std::size_t j = 0; j < kChunk; ++j) {
       const float x = normal_x(rc[j]);
       const float w = normal_w(x);
-      zc[j] = w < kNormalTailW ? zc[j] : 1.41421356f * normal_tail(w) * x;
+      zc[j] = w < kNormalTailW ? zc[j] : normal_z(normal_tail(w), x);
     }
   }
   for (; c < m; ++c) z[c] = normal_from_bits(r[c]);
