@@ -29,15 +29,19 @@ using U32Mat = nb::ndarray<std::uint32_t, nb::ndim<2>, nb::c_contig, nb::device:
 using U32Vec = nb::ndarray<const std::uint32_t, nb::ndim<1>, nb::c_contig, nb::device::cpu>;
 using F32Vec = nb::ndarray<float, nb::ndim<1>, nb::c_contig, nb::device::cpu>;
 
+// The generator's copies, fastest first, and their names in Python.
+constexpr mf::PhiloxIsa kPhiloxIsas[] = {mf::PhiloxIsa::Avx512, mf::PhiloxIsa::Avx2, mf::PhiloxIsa::Generic};
+
 const char* philox_isa_name(mf::PhiloxIsa isa) {
   return isa == mf::PhiloxIsa::Avx512 ? "avx512" : isa == mf::PhiloxIsa::Avx2 ? "avx2" : "generic";
 }
 
+bool runs_here(mf::PhiloxIsa isa) { return static_cast<int>(isa) <= static_cast<int>(mf::philox_best_isa()); }
+
 mf::PhiloxIsa philox_isa(const std::string& name) {
-  for (const mf::PhiloxIsa isa : {mf::PhiloxIsa::Avx512, mf::PhiloxIsa::Avx2, mf::PhiloxIsa::Generic})
+  for (const mf::PhiloxIsa isa : kPhiloxIsas)
     if (name == philox_isa_name(isa)) {
-      if (static_cast<int>(isa) > static_cast<int>(mf::philox_best_isa()))
-        throw std::invalid_argument("this CPU does not run the " + name + " generator");
+      if (!runs_here(isa)) throw std::invalid_argument("this CPU does not run the " + name + " generator");
       return isa;
     }
   throw std::invalid_argument("unknown generator copy: " + name);
@@ -158,8 +162,8 @@ NB_MODULE(_engine, m) {
   // Each copy of the block generator this CPU runs, best first, so the tests can check them all.
   m.def("philox_isas", [] {
         std::vector<std::string> isas;
-        for (const mf::PhiloxIsa isa : {mf::PhiloxIsa::Avx512, mf::PhiloxIsa::Avx2, mf::PhiloxIsa::Generic})
-          if (static_cast<int>(isa) <= static_cast<int>(mf::philox_best_isa())) isas.push_back(philox_isa_name(isa));
+        for (const mf::PhiloxIsa isa : kPhiloxIsas)
+          if (runs_here(isa)) isas.push_back(philox_isa_name(isa));
         return isas;
       }, "The copies of the block generator this CPU runs, fastest first.");
   m.def("philox4x32_10_block", [](U32Mat out, std::uint32_t c0, std::uint32_t c1, std::uint32_t c2, std::uint32_t c3,
