@@ -24,7 +24,6 @@ from collections.abc import Callable
 import numpy as np
 import numpy.typing as npt
 
-from marketfeed import _engine
 from marketfeed.engine import Scheme, Simulator, Universe, build_info, lifted_kernel
 from marketfeed.market import Market
 
@@ -146,8 +145,9 @@ def main() -> None:
     u = universe(args.assets)
     dt = 1.0 / (252 * 390)  # one minute of a trading day
     n = args.assets
-    build = "native (-march=native)" if _engine.native else f"portable, running {_engine.isa}"
-    build += f", {build_info()['generator']} generator"
+    info = build_info()
+    build = "native (-march=native)" if info["native"] else f"portable, running {info['isa']}"
+    build += f", {info['generator']} generator"
     print(
         f"engine benchmark: {n} assets, {len(u.factors)} factors, dt = 1 min; build: {build}; "
         f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores; "

@@ -96,9 +96,7 @@ def test_the_fast_generator_copies_are_the_ones_this_cpu_runs() -> None:
         _engine.philox4x32_10_block(np.zeros((4, 1), dtype=np.uint32), 0, 0, 0, 0, 0, 0, "sse9")
 
 
-@pytest.mark.parametrize(
-    "kind", ["random", "all-tails", "no-tails", "tails-at-chunk-edges"], ids=lambda k: str(k)
-)
+@pytest.mark.parametrize("kind", ["random", "all-tails", "no-tails", "tails-at-chunk-edges"])
 @pytest.mark.parametrize("n", [1, 31, 32, 33, 95, 512])
 def test_block_normals_are_the_per_word_normals(kind: str, n: int) -> None:
     # The block transform computes Giles' tail branch only in chunks of 32 where a lane needs it; every
