@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "engine.hpp"
+#include "tickjson.hpp"
 
 namespace nb = nanobind;
 using namespace nb::literals;
@@ -28,6 +29,7 @@ using OutMat = nb::ndarray<double, nb::ndim<2>, nb::c_contig, nb::device::cpu>;
 using U32Mat = nb::ndarray<std::uint32_t, nb::ndim<2>, nb::c_contig, nb::device::cpu>;
 using U32Vec = nb::ndarray<const std::uint32_t, nb::ndim<1>, nb::c_contig, nb::device::cpu>;
 using F32Vec = nb::ndarray<float, nb::ndim<1>, nb::c_contig, nb::device::cpu>;
+using I64In = nb::ndarray<const std::int64_t, nb::ndim<1>, nb::c_contig, nb::device::cpu>;
 
 // The generator's copies, fastest first, and their names in Python.
 constexpr mf::PhiloxIsa kPhiloxIsas[] = {mf::PhiloxIsa::Avx512, mf::PhiloxIsa::Avx2, mf::PhiloxIsa::Generic};
@@ -98,6 +100,46 @@ void run(mf::Engine& e, std::size_t n, OutMat prices, OutMat variances, OutMat l
   e.run(n, prices.data(), variances.data(), log_returns.data(), rows);
 }
 
+// (list of each tick's JSON bytes, indices of the ticks left to the caller): see tickjson.hpp. The
+// formatting runs without the GIL; only the bytes objects are made with it.
+using TickJsonList = nb::typed<nb::list, nb::bytes>;
+
+std::tuple<TickJsonList, std::vector<std::size_t>> encode_ticks(
+    const mf::TickJson& enc, I64In asset, I64In seq, I64In gseq, std::int64_t ts, const std::string& time,
+    InVec last_cents, InVec bid_cents, InVec ask_cents, I64In size, InVec vol) {
+  mf::TickColumns t;
+  t.n = asset.shape(0);
+  for (const std::size_t len : {seq.shape(0), gseq.shape(0), last_cents.shape(0), bid_cents.shape(0),
+                                ask_cents.shape(0), size.shape(0), vol.shape(0)})
+    if (len != t.n) throw std::invalid_argument("encode: every column must have one entry per tick");
+  for (std::size_t i = 0; i < t.n; ++i)
+    if (asset.data()[i] < 0 || static_cast<std::size_t>(asset.data()[i]) >= enc.n_symbols())
+      throw std::invalid_argument("encode: asset index out of range");
+  t.asset = asset.data();
+  t.seq = seq.data();
+  t.gseq = gseq.data();
+  t.last_cents = last_cents.data();
+  t.bid_cents = bid_cents.data();
+  t.ask_cents = ask_cents.data();
+  t.size = size.data();
+  t.vol = vol.data();
+  std::string buf;
+  std::vector<std::size_t> ends, failed;
+  {
+    nb::gil_scoped_release released;
+    enc.encode(t, ts, time, buf, ends, failed);
+  }
+  nb::list out = nb::steal<nb::list>(PyList_New(static_cast<Py_ssize_t>(t.n)));
+  std::size_t start = 0;
+  for (std::size_t i = 0; i < t.n; ++i) {
+    PyObject* b = PyBytes_FromStringAndSize(buf.data() + start, static_cast<Py_ssize_t>(ends[i] - start));
+    if (b == nullptr) throw nb::python_error();
+    PyList_SET_ITEM(out.ptr(), static_cast<Py_ssize_t>(i), b);
+    start = ends[i];
+  }
+  return {TickJsonList(std::move(out)), std::move(failed)};
+}
+
 }  // namespace
 
 NB_MODULE(_engine, m) {
@@ -152,6 +194,15 @@ NB_MODULE(_engine, m) {
       .def_prop_ro("n_factors", &mf::Engine::n_factors)
       .def_prop_ro("step_index", &mf::Engine::step_index)
       .def_prop_ro("dt", &mf::Engine::dt);
+
+  nb::class_<mf::TickJson>(m, "TickJson")
+      .def(nb::init<const std::vector<std::string>&>(), "symbol_json"_a,
+           "An encoder for ticks of these symbols, each given as its JSON string (quotes included).")
+      .def("encode", &encode_ticks, "asset"_a, "seq"_a, "gseq"_a, "ts"_a, "time"_a, "last_cents"_a,
+           "bid_cents"_a, "ask_cents"_a, "size"_a, "vol"_a,
+           "Each tick's JSON (orjson's bytes for Tick.to_dict()) and the indices of the ticks it left "
+           "empty for the caller to encode (values outside the cent grid or range it covers).")
+      .def_prop_ro("n_symbols", &mf::TickJson::n_symbols);
 
   m.def("philox4x32_10", [](std::uint32_t c0, std::uint32_t c1, std::uint32_t c2, std::uint32_t c3,
                             std::uint32_t k0, std::uint32_t k1) {

@@ -84,6 +84,16 @@ def test_quotes_are_the_element_wise_formula_and_the_json_is_each_ticks_own() ->
         assert list(batch.encoded) == [t.to_json() for t in batch.ticks]
 
 
+def test_a_tick_the_json_writer_does_not_cover_is_encoded_by_orjson() -> None:
+    m = market()
+    n = len(m.symbols)
+    prices, variances = np.full(n, 100.0), np.full(n, 0.04)
+    prices[1], variances[2] = 1e14, np.nan  # beyond the cent writer's range; a volatility it cannot write
+    batch = m.ticks(0, prices, variances, MONDAY_JAN)
+    assert list(batch.encoded) == [t.to_json() for t in batch.ticks]
+    assert b'"vol":null' in batch.encoded[2] and b'"price":100000000000000.0' in batch.encoded[1]
+
+
 # --- arrivals ---------------------------------------------------------------------------------------
 def test_poisson_counts_have_mean_and_variance_rate_times_dt() -> None:
     m = market(dt_seconds=0.1, arrivals=Arrivals.POISSON, trade_rate=2.0)

@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
-import orjson
+from typing import Any
 
-from marketfeed.ticks import Tick, TickBatch, conflate, iso_time
+import numpy as np
+import orjson
+import pytest
+
+from marketfeed._engine import TickJson
+from marketfeed.ticks import Tick, TickBatch, conflate, iso_time, tick_dict
 
 
 def tick(symbol: str, seq: int, gseq: int) -> Tick:
@@ -35,3 +40,57 @@ def test_conflate_keeps_the_newest_tick_of_each_symbol_in_gseq_order() -> None:
     merged = conflate([b1, b2])
     assert [(t.symbol, t.seq) for t in merged.ticks] == [("B", 1), ("A", 2)]
     assert merged.encoded[1] == b2.encoded[0]  # reuses the bytes, no re-encoding
+
+
+# --- the engine's JSON writer (csrc/tickjson.hpp): orjson's bytes without a dict per tick -------------
+SYMBOLS = ["NOVA", "BRK.B", 'QU"OTE\\', "ÜNÏ", "X"]
+
+
+def writer_columns(n: int, seed: int) -> dict[str, Any]:
+    """Columns as the tick layer makes them, plus the edge cases of each formatting rule."""
+    rng = np.random.default_rng(seed)
+    cents = np.rint(rng.lognormal(8, 4, (3, n))) * rng.choice([1.0, -1.0], (3, n))
+    cents[:, :6] = [[0.0, -0.0, 1.0, 10.0, 100.0, 1e15 - 1]] * 3
+    vol = rng.lognormal(-2, 2, n)
+    vol[n // 3 : 2 * n // 3] = rng.integers(0, 200, 2 * n // 3 - n // 3) / 1e6  # whole micro-units
+    vol[2 * n // 3 :] = rng.uniform(0, 2e-5, n - 2 * n // 3)
+    # Exact ties at the sixth decimal (round half to even), signed zero, 1e-6 .. 9e-6 (orjson's "3e-6").
+    vol[:12] = [0.0078125, 0.0234375, -0.0, 0.0, 1e-6, 9e-6, 9.5e-7, 5e-7, 4.9999e-7, 9.5e-6, 1e-5, 1e9 - 1]
+    return {
+        "asset": rng.integers(0, len(SYMBOLS), n), "seq": rng.integers(0, 2**62, n),
+        "gseq": rng.integers(0, 2**62, n), "ts": 1_795_000_000_123_456_789, "last_cents": cents[0],
+        "bid_cents": cents[1], "ask_cents": cents[2], "size": rng.integers(0, 2**40, n), "vol": vol,
+    }  # fmt: skip
+
+
+def orjson_of(c: dict[str, Any], i: int) -> bytes:
+    """What `Tick.to_json()` gives for tick i of the columns, as the tick layer builds the tick."""
+    last, bid, ask = (float(c[k][i]) / 100 for k in ("last_cents", "bid_cents", "ask_cents"))
+    seq, gseq, size = (int(c[k][i]) for k in ("seq", "gseq", "size"))
+    symbol, vol = SYMBOLS[int(c["asset"][i])], round(float(c["vol"][i]), 6)
+    return orjson.dumps(tick_dict(symbol, seq, gseq, c["ts"], last, bid, ask, size, vol))
+
+
+def test_the_engines_json_writer_gives_orjsons_bytes() -> None:
+    writer = TickJson([orjson.dumps(s).decode() for s in SYMBOLS])
+    c = writer_columns(50_000, seed=3)
+    encoded, left = writer.encode(**c, time=iso_time(c["ts"]))
+    assert left == []
+    assert encoded == [orjson_of(c, i) for i in range(len(encoded))]
+
+
+def test_the_writer_leaves_what_it_does_not_cover_to_orjson_and_refuses_bad_columns() -> None:
+    writer = TickJson([orjson.dumps(s).decode() for s in SYMBOLS])
+    c = writer_columns(100, seed=4)
+    c["vol"][[3, 7]] = [np.nan, 2e9]
+    c["last_cents"][[20, 30]] = [1e15, np.inf]
+    c["bid_cents"][40] = 12.5  # not a whole number of cents
+    encoded, left = writer.encode(**c, time=iso_time(c["ts"]))
+    assert left == [3, 7, 20, 30, 40]
+    assert all(encoded[i] == b"" for i in left)
+    covered = [i for i in range(100) if i not in left]
+    assert [encoded[i] for i in covered] == [orjson_of(c, i) for i in covered]
+    with pytest.raises(ValueError, match="one entry per tick"):
+        writer.encode(**{**c, "seq": c["seq"][:-1]}, time="")
+    with pytest.raises(ValueError, match="asset index out of range"):
+        writer.encode(**{**c, "asset": c["asset"] + len(SYMBOLS)}, time="")
