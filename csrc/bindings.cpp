@@ -25,6 +25,7 @@ using InCube = nb::ndarray<const double, nb::ndim<3>, nb::c_contig, nb::device::
 // Outputs are written in place: a silently converted copy would swallow the results, so these
 // arguments are bound with .noconvert() and must already be C-contiguous float64.
 using OutMat = nb::ndarray<double, nb::ndim<2>, nb::c_contig, nb::device::cpu>;
+using OutVec = nb::ndarray<double, nb::ndim<1>, nb::c_contig, nb::device::cpu>;
 
 using U32Mat = nb::ndarray<std::uint32_t, nb::ndim<2>, nb::c_contig, nb::device::cpu>;
 using U32Vec = nb::ndarray<const std::uint32_t, nb::ndim<1>, nb::c_contig, nb::device::cpu>;
@@ -106,11 +107,11 @@ using TickJsonList = nb::typed<nb::list, nb::bytes>;
 
 std::tuple<TickJsonList, std::vector<std::size_t>> encode_ticks(
     const mf::TickJson& enc, I64In asset, I64In seq, I64In gseq, std::int64_t ts, const std::string& time,
-    InVec last_cents, InVec bid_cents, InVec ask_cents, I64In size, InVec vol) {
+    InVec last_cents, InVec bid_cents, InVec ask_cents, I64In size, InVec vol, OutVec vol_rounded) {
   mf::TickColumns t;
   t.n = asset.shape(0);
   for (const std::size_t len : {seq.shape(0), gseq.shape(0), last_cents.shape(0), bid_cents.shape(0),
-                                ask_cents.shape(0), size.shape(0), vol.shape(0)})
+                                ask_cents.shape(0), size.shape(0), vol.shape(0), vol_rounded.shape(0)})
     if (len != t.n) throw std::invalid_argument("encode: every column must have one entry per tick");
   for (std::size_t i = 0; i < t.n; ++i)
     if (asset.data()[i] < 0 || static_cast<std::size_t>(asset.data()[i]) >= enc.n_symbols())
@@ -123,6 +124,7 @@ std::tuple<TickJsonList, std::vector<std::size_t>> encode_ticks(
   t.ask_cents = ask_cents.data();
   t.size = size.data();
   t.vol = vol.data();
+  t.vol_rounded = vol_rounded.data();
   std::string buf;
   std::vector<std::size_t> ends, failed;
   {
@@ -199,9 +201,10 @@ NB_MODULE(_engine, m) {
       .def(nb::init<const std::vector<std::string>&>(), "symbol_json"_a,
            "An encoder for ticks of these symbols, each given as its JSON string (quotes included).")
       .def("encode", &encode_ticks, "asset"_a, "seq"_a, "gseq"_a, "ts"_a, "time"_a, "last_cents"_a,
-           "bid_cents"_a, "ask_cents"_a, "size"_a, "vol"_a,
+           "bid_cents"_a, "ask_cents"_a, "size"_a, "vol"_a, "vol_rounded"_a.noconvert(),
            "Each tick's JSON (orjson's bytes for Tick.to_dict()) and the indices of the ticks it left "
-           "empty for the caller to encode (values outside the cent grid or range it covers).")
+           "empty for the caller to encode (values outside the cent grid or range it covers); writes "
+           "round(vol, 6) into vol_rounded (NaN where it left that to the caller too).")
       .def_prop_ro("n_symbols", &mf::TickJson::n_symbols);
 
   m.def("philox4x32_10", [](std::uint32_t c0, std::uint32_t c1, std::uint32_t c2, std::uint32_t c3,

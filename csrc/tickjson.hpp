@@ -11,6 +11,7 @@
 #include <cmath>
 #include <cstddef>
 #include <cstdint>
+#include <limits>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -28,6 +29,7 @@ struct TickColumns {
   const double* ask_cents = nullptr;
   const std::int64_t* size = nullptr;
   const double* vol = nullptr;  // unrounded: written as round(vol, 6) is
+  double* vol_rounded = nullptr;  // out: round(vol, 6), the value the JSON shows (NaN where it left the volatility to the caller)
 };
 
 namespace tickjson {
@@ -54,15 +56,16 @@ inline bool put_cents(std::string& out, double cents) {
   return true;
 }
 
-// round(v, 6) as orjson writes it. Python's round and std::to_chars with a precision both round the
-// exact binary value to nearest, ties to even, so the six decimals are the same; the result has at
-// most 15 significant digits below 10^9, so they are also its shortest form. orjson writes 1e-6 ..
-// 9e-6 in exponent form ("3e-6") and everything else here as a plain decimal.
-inline bool put_vol(std::string& out, double v) {
+// round(v, 6) as orjson writes it, and as a double in `rounded`. Python's round and std::to_chars with
+// a precision both round the exact binary value to nearest, ties to even, and both then read the six
+// decimals back correctly rounded (Python's round is dtoa and strtod), so the digits and the double
+// are the same; below 10^9 the result has at most 15 significant digits, so they are also its
+// shortest form. orjson writes 1e-6 .. 9e-6 in exponent form ("3e-6"), the rest as a plain decimal.
+inline bool put_vol(std::string& out, double v, double& rounded) {
   if (!(std::fabs(v) < 1e9)) return false;  // NaN too
   char buf[32];
   const auto r = std::to_chars(buf, buf + sizeof buf, v, std::chars_format::fixed, 6);
-  if (r.ec != std::errc()) return false;
+  if (r.ec != std::errc() || std::from_chars(buf, r.ptr, rounded).ec != std::errc()) return false;
   std::string_view s(buf, static_cast<std::size_t>(r.ptr - buf));
   const bool neg = s.front() == '-';
   const std::string_view digits = neg ? s.substr(1) : s;
@@ -115,12 +118,14 @@ class TickJson {
       buf.append(",\"size\":");
       tickjson::put_int(buf, t.size[i]);
       buf.append(",\"vol\":");
-      ok = tickjson::put_vol(buf, t.vol[i]) && ok;
+      double vol = std::numeric_limits<double>::quiet_NaN();
+      ok = tickjson::put_vol(buf, t.vol[i], vol) && ok;
       buf.push_back('}');
       if (!ok) {
         buf.resize(start);
         failed.push_back(i);
       }
+      if (t.vol_rounded != nullptr) t.vol_rounded[i] = vol;
       ends[i] = buf.size();
     }
   }

@@ -91,7 +91,8 @@ def test_a_tick_the_json_writer_does_not_cover_is_encoded_by_orjson() -> None:
     prices[1], variances[2] = 1e14, np.nan  # beyond the cent writer's range; a volatility it cannot write
     batch = m.ticks(0, prices, variances, MONDAY_JAN)
     assert list(batch.encoded) == [t.to_json() for t in batch.ticks]
-    assert b'"vol":null' in batch.encoded[2] and b'"price":100000000000000.0' in batch.encoded[1]
+    assert b'"vol":null' in batch.encoded[2]
+    assert b'"price":100000000000000.0' in batch.encoded[1]
 
 
 # --- arrivals ---------------------------------------------------------------------------------------

@@ -74,9 +74,11 @@ def orjson_of(c: dict[str, Any], i: int) -> bytes:
 def test_the_engines_json_writer_gives_orjsons_bytes() -> None:
     writer = TickJson([orjson.dumps(s).decode() for s in SYMBOLS])
     c = writer_columns(50_000, seed=3)
-    encoded, left = writer.encode(**c, time=iso_time(c["ts"]))
+    vol = np.empty_like(c["vol"])
+    encoded, left = writer.encode(**c, time=iso_time(c["ts"]), vol_rounded=vol)
     assert left == []
     assert encoded == [orjson_of(c, i) for i in range(len(encoded))]
+    assert vol.tolist() == [round(v, 6) for v in c["vol"].tolist()]  # the double the JSON shows
 
 
 def test_the_writer_leaves_what_it_does_not_cover_to_orjson_and_refuses_bad_columns() -> None:
@@ -85,12 +87,17 @@ def test_the_writer_leaves_what_it_does_not_cover_to_orjson_and_refuses_bad_colu
     c["vol"][[3, 7]] = [np.nan, 2e9]
     c["last_cents"][[20, 30]] = [1e15, np.inf]
     c["bid_cents"][40] = 12.5  # not a whole number of cents
-    encoded, left = writer.encode(**c, time=iso_time(c["ts"]))
+    vol = np.empty_like(c["vol"])
+    encoded, left = writer.encode(**c, time=iso_time(c["ts"]), vol_rounded=vol)
     assert left == [3, 7, 20, 30, 40]
+    assert np.isnan(vol[[3, 7]]).all()
+    assert vol[20] == round(float(c["vol"][20]), 6)
     assert all(encoded[i] == b"" for i in left)
     covered = [i for i in range(100) if i not in left]
     assert [encoded[i] for i in covered] == [orjson_of(c, i) for i in covered]
     with pytest.raises(ValueError, match="one entry per tick"):
-        writer.encode(**{**c, "seq": c["seq"][:-1]}, time="")
+        writer.encode(**{**c, "seq": c["seq"][:-1]}, time="", vol_rounded=vol)
     with pytest.raises(ValueError, match="asset index out of range"):
-        writer.encode(**{**c, "asset": c["asset"] + len(SYMBOLS)}, time="")
+        writer.encode(**{**c, "asset": c["asset"] + len(SYMBOLS)}, time="", vol_rounded=vol)
+    with pytest.raises(TypeError):  # the rounded volatility is written in place: no silent copy
+        writer.encode(**c, time="", vol_rounded=vol.astype(np.float32))
