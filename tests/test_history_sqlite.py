@@ -5,9 +5,9 @@ import sqlite3
 import time
 from pathlib import Path
 
-from history_cases import check_time_ranges
+from history_cases import MINUTE, check_queries, check_time_ranges, path
 
-from marketfeed.history.sqlite import SCHEMA, SQLiteHistory, tick_row
+from marketfeed.history.sqlite import SCHEMA, SQLiteHistory, minute_bounds
 from marketfeed.ticks import Tick, TickBatch
 
 T0 = (time.time_ns() // 60_000_000_000 - 60) * 60_000_000_000  # an hour ago, on a minute
@@ -25,6 +25,42 @@ def test_time_ranges_and_candles_are_a_filter_of_the_ticks(tmp_path: Path) -> No
     asyncio.run(scenario())
 
 
+def test_minute_bounds_from_the_batches_are_those_of_the_ticks() -> None:
+    batches = path(T0)  # the clock goes back half-way, and some symbols skip steps
+    for flush in (batches[:77], batches[150:260], batches):
+        ticks = [t for b in flush for t in b.ticks]
+        expected: dict[tuple[str, int], tuple[int, int]] = {}
+        for t in ticks:
+            lo, hi = expected.get((t.symbol, t.ts // MINUTE), (t.gseq, t.gseq))
+            expected[t.symbol, t.ts // MINUTE] = (min(lo, t.gseq), max(hi, t.gseq))
+        bounds = minute_bounds(flush)
+        assert bounds is not None
+        assert sorted(bounds) == sorted((s, m, lo, hi) for (s, m), (lo, hi) in expected.items())
+
+
+def test_batches_that_are_not_one_step_each_are_bounded_by_sqlite(tmp_path: Path) -> None:
+    batches = path(T0)
+    two_steps = TickBatch(step=1, ticks=[*batches[0].ticks, *batches[1].ticks])
+    assert minute_bounds([two_steps]) is None  # two timestamps (and a symbol twice)
+    assert minute_bounds([batches[1], batches[0]]) is None  # out of gseq order
+    assert minute_bounds([batches[0], TickBatch(step=0, ticks=[]), batches[1]]) is not None
+
+    async def scenario() -> None:  # three steps a batch: the store reads the minutes back itself
+        store = SQLiteHistory(tmp_path / "h.sqlite3", flush_ms=50)
+        await store.start()
+        try:
+            for k in range(0, len(batches), 3):
+                store.write(TickBatch(step=k, ticks=[t for b in batches[k : k + 3] for t in b.ticks]))
+                if k % 60 == 0:
+                    await store.flush()
+            await store.flush()
+            await check_queries(store, [t for b in batches for t in b.ticks], T0)
+        finally:
+            await store.close()
+
+    asyncio.run(scenario())
+
+
 def test_a_version_1_file_is_upgraded_with_the_minutes_of_its_ticks(tmp_path: Path) -> None:
     # A file written before tick_minutes existed: the schema of version 1, ticks, no user_version.
     path = tmp_path / "old.sqlite3"
@@ -32,7 +68,7 @@ def test_a_version_1_file_is_upgraded_with_the_minutes_of_its_ticks(tmp_path: Pa
     old.executescript(SCHEMA)
     ticks = [Tick("AAA", n, n, T0 + n * 20_000_000_000, 100.0 + n, 99.0, 101.0, 1, 0.2) for n in range(1, 10)]
     old.executemany("INSERT INTO ticks (symbol, seq, gseq, ts, price, bid, ask, size, vol) VALUES "
-                    "(?,?,?,?,?,?,?,?,?)", [tick_row(t) for t in ticks])  # fmt: skip
+                    "(?,?,?,?,?,?,?,?,?)", ticks)  # fmt: skip
     old.commit()
     old.close()
 
