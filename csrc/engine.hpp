@@ -222,7 +222,7 @@ class Engine {
 
   struct Scratch {
     explicit Scratch(std::size_t n)
-        : bits(4 * n), z_idio(n), z_perp(n), u_jump(n), z_jump(n), w(n), x_prev(n), drift(n) {}
+        : bits(4 * n), z_idio(n), z_perp(n), u_jump(n), z_jump(n), w(n), x_prev(n), drift(n), psi(n) {}
     Vec<std::uint32_t> bits;  // the block's generator words: four rows of up to n
     Vec<float> z_idio, z_perp;
     Vec<double> u_jump;
@@ -230,6 +230,7 @@ class Engine {
     Vec<double> w;       // factor part of the price driver
     Vec<double> x_prev;  // log-prices before the step, for per-step returns
     Vec<double> drift;   // lifted scheme: the step's variance increment before the kernel
+    Vec<double> psi;     // QE: each asset's psi = s^2 / m^2, which picks its branch
   };
 
   // The hot paths: one step of the assets [begin, end), block by block, and the benchmark's floor.
@@ -338,9 +339,10 @@ class Engine {
       // Small steps keep psi far below 1.5 for every asset: then only the quadratic branch is needed,
       // and the exponential branch's extra logarithm and normal tail are skipped for the whole block.
       // Quadratic lanes compute the same expression either way, so results do not depend on this.
+      const bool all_quadratic = qe_psi(b, m, s);
       if (var_scale_ != 1.0)
         qe_block<false, true>(b, m, s);
-      else if (qe_all_quadratic(b, m))
+      else if (all_quadratic)
         qe_block<true, false>(b, m, s);
       else
         qe_block<false, false>(b, m, s);
@@ -415,15 +417,18 @@ class Engine {
     }
   }
 
-  bool qe_all_quadratic(std::size_t b, std::size_t m) const {
+  // Each asset's psi into the scratch, where qe_block reads it (computed once, not once per pass), and
+  // whether every asset of the block is in the quadratic regime.
+  bool qe_psi(std::size_t b, std::size_t m, Scratch& s) const {
     const double *v = &v_[b], *th = &p_.theta[b], *E = &E_[b], *c1 = &c1_[b], *c2 = &c2_[b];
+    double* __restrict psi = s.psi.data();
     int exponential = 0;
 #pragma omp simd reduction(+ : exponential)
     for (std::size_t j = 0; j < m; ++j) {
-      // The very expressions qe_block decides a lane's branch by, so the shortcut never changes one.
       const double mm = fused(v[j] - th[j], E[j], th[j]);
       const double s2 = fused(v[j], c1[j], c2[j]);
-      exponential += s2 / (mm * mm) <= 1.5 ? 0 : 1;
+      psi[j] = s2 / (mm * mm);
+      exponential += psi[j] <= 1.5 ? 0 : 1;
     }
     return exponential == 0;
   }
@@ -438,9 +443,9 @@ class Engine {
     const double* w = s.w.data();
     const float* zi = s.z_idio.data();
     const float* zp = s.z_perp.data();
+    const double* ps = s.psi.data();  // from qe_psi
     const double *idio = &p_.idio[b], *rho = &rho_[b], *rc = &rc_[b], *mu = &mudt_[b], *th = &p_.theta[b],
-                 *E = &E_[b], *c1 = &c1_[b], *c2 = &c2_[b], *K2 = &K2_[b], *K3 = &K3_[b],
-                 *A = &A_[b], *kap = &p_.kappa[b], *xi = &p_.xi[b];
+                 *E = &E_[b], *K2 = &K2_[b], *K3 = &K3_[b], *A = &A_[b], *kap = &p_.kappa[b], *xi = &p_.xi[b];
     const double dt = p_.dt, g = var_scale_, sg = std::sqrt(var_scale_);
 #pragma omp simd
     for (std::size_t j = 0; j < m; ++j) {
@@ -449,8 +454,7 @@ class Engine {
       const double zs = fused(rc[j], ws, -rho[j] * static_cast<double>(zp[j]));  // independent of zv
       const double v0 = v[j];
       const double mm = fused(v0 - th[j], E[j], th[j]);
-      const double s2 = fused(v0, c1[j], c2[j]);
-      const double psi = s2 / (mm * mm);
+      const double psi = ps[j];
       const bool quadratic = psi <= 1.5;
       // Quadratic branch (psi clamped so the unused lanes stay finite).
       const double pq = psi < 1.5 ? psi : 1.5;
