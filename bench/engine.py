@@ -26,6 +26,7 @@ import numpy.typing as npt
 
 from marketfeed.engine import Scheme, Simulator, Universe, build_info, lifted_kernel
 from marketfeed.market import Market
+from marketfeed.runtime import quiet_garbage_collector
 
 Array = npt.NDArray[np.float64]
 
@@ -190,7 +191,10 @@ def main() -> None:
                 f"{one / base:>9.1f}x{100 * one / floor:>9.0f}%{two / one:>8.2f}"
             )
         # What the server's engine thread does per step besides the model: the step's ticks (quotes,
-        # sizes, sequence numbers) and their JSON, then the state snapshot stored with them.
+        # sizes, sequence numbers) and their JSON, then the state snapshot stored with them; under the
+        # server's garbage-collector settings (`marketfeed serve`), as a thousand ticks a step are a
+        # thousand tuples for the collector.
+        quiet_garbage_collector()
         market = Market(Simulator(universe(args.assets), dt=dt, seed=1, threads=1))
         steps = max(1, args.steps // 100)
         ticks = best_rate(lambda: [market.step() for _ in range(steps)], n * steps, args.repeat)
