@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Any
+import math
+from typing import Any, cast
 
 import numpy as np
 import orjson
 import pytest
 
-from marketfeed._engine import TickJson
-from marketfeed.ticks import Tick, TickBatch, conflate, iso_time, tick_dict
+from marketfeed._engine import TickMaker
+from marketfeed.ticks import Tick, TickBatch, conflate, iso_time
 
 
 def tick(symbol: str, seq: int, gseq: int) -> Tick:
@@ -42,7 +43,7 @@ def test_conflate_keeps_the_newest_tick_of_each_symbol_in_gseq_order() -> None:
     assert merged.encoded[1] == b2.encoded[0]  # reuses the bytes, no re-encoding
 
 
-# --- the engine's JSON writer (csrc/tickjson.hpp): orjson's bytes without a dict per tick -------------
+# --- the engine's tick maker (csrc/tickjson.hpp): the ticks and orjson's bytes, without dicts ---------
 SYMBOLS = ["NOVA", "BRK.B", 'QU"OTE\\', "ÜNÏ", "X"]
 
 
@@ -63,41 +64,48 @@ def writer_columns(n: int, seed: int) -> dict[str, Any]:
     }  # fmt: skip
 
 
-def orjson_of(c: dict[str, Any], i: int) -> bytes:
-    """What `Tick.to_json()` gives for tick i of the columns, as the tick layer builds the tick."""
+def expected_tick(c: dict[str, Any], i: int) -> Tick:
+    """Tick i of the columns as Python builds it: cents / 100 and round(vol, 6)."""
     last, bid, ask = (float(c[k][i]) / 100 for k in ("last_cents", "bid_cents", "ask_cents"))
     seq, gseq, size = (int(c[k][i]) for k in ("seq", "gseq", "size"))
-    symbol, vol = SYMBOLS[int(c["asset"][i])], round(float(c["vol"][i]), 6)
-    return orjson.dumps(tick_dict(symbol, seq, gseq, c["ts"], last, bid, ask, size, vol))
+    return Tick(
+        SYMBOLS[int(c["asset"][i])], seq, gseq, c["ts"], last, bid, ask, size, round(float(c["vol"][i]), 6)
+    )
 
 
-def test_the_engines_json_writer_gives_orjsons_bytes() -> None:
-    writer = TickJson([orjson.dumps(s).decode() for s in SYMBOLS])
+def maker() -> TickMaker:
+    return TickMaker(Tick, SYMBOLS, [orjson.dumps(s).decode() for s in SYMBOLS])
+
+
+def test_the_engines_tick_maker_gives_the_ticks_and_orjsons_bytes() -> None:
     c = writer_columns(50_000, seed=3)
-    vol = np.empty_like(c["vol"])
-    encoded, left = writer.encode(**c, time=iso_time(c["ts"]), vol_rounded=vol)
+    made, encoded, left = maker().make(**c, time=iso_time(c["ts"]))
+    ticks = cast(list[Tick], made)
     assert left == []
-    assert encoded == [orjson_of(c, i) for i in range(len(encoded))]
-    assert vol.tolist() == [round(v, 6) for v in c["vol"].tolist()]  # the double the JSON shows
+    expected = [expected_tick(c, i) for i in range(len(ticks))]
+    assert ticks == expected
+    assert all(type(t) is Tick and all(type(a) is type(b) for a, b in zip(t, e, strict=True))
+               for t, e in zip(ticks, expected, strict=True))  # fmt: skip
+    assert encoded == [t.to_json() for t in expected]
+    assert all(t.symbol is SYMBOLS[a] for t, a in zip(ticks, c["asset"].tolist(), strict=True))  # shared
 
 
-def test_the_writer_leaves_what_it_does_not_cover_to_orjson_and_refuses_bad_columns() -> None:
-    writer = TickJson([orjson.dumps(s).decode() for s in SYMBOLS])
+def test_the_maker_leaves_what_it_does_not_cover_to_the_caller_and_refuses_bad_input() -> None:
     c = writer_columns(100, seed=4)
     c["vol"][[3, 7]] = [np.nan, 2e9]
     c["last_cents"][[20, 30]] = [1e15, np.inf]
     c["bid_cents"][40] = 12.5  # not a whole number of cents
-    vol = np.empty_like(c["vol"])
-    encoded, left = writer.encode(**c, time=iso_time(c["ts"]), vol_rounded=vol)
+    ticks, encoded, left = maker().make(**c, time=iso_time(c["ts"]))
     assert left == [3, 7, 20, 30, 40]
-    assert np.isnan(vol[[3, 7]]).all()
-    assert vol[20] == round(float(c["vol"][20]), 6)
     assert all(encoded[i] == b"" for i in left)
+    assert [math.isnan(cast(Tick, ticks[i]).vol) for i in (3, 7, 20)] == [True, True, False]
     covered = [i for i in range(100) if i not in left]
-    assert [encoded[i] for i in covered] == [orjson_of(c, i) for i in covered]
+    assert [encoded[i] for i in covered] == [expected_tick(c, i).to_json() for i in covered]
     with pytest.raises(ValueError, match="one entry per tick"):
-        writer.encode(**{**c, "seq": c["seq"][:-1]}, time="", vol_rounded=vol)
+        maker().make(**{**c, "seq": c["seq"][:-1]}, time="")
     with pytest.raises(ValueError, match="asset index out of range"):
-        writer.encode(**{**c, "asset": c["asset"] + len(SYMBOLS)}, time="", vol_rounded=vol)
-    with pytest.raises(TypeError):  # the rounded volatility is written in place: no silent copy
-        writer.encode(**c, time="", vol_rounded=vol.astype(np.float32))
+        maker().make(**{**c, "asset": c["asset"] + len(SYMBOLS)}, time="")
+    with pytest.raises(ValueError, match="nine fields"):
+        TickMaker(tuple, SYMBOLS, SYMBOLS)
+    with pytest.raises(ValueError, match="one JSON string per symbol"):
+        TickMaker(Tick, SYMBOLS, SYMBOLS[:1])
