@@ -97,6 +97,9 @@ def test_round_trip_dedup_pages_filters_and_state(dsn: str) -> None:
         assert [t.seq for t in window] == [5, 6, 7, 8]
         assert await store.load_state() == "state-39"
         assert store.health().status is Status.OK
+        store.write(TickBatch(step=40, ticks=[*batch(39).ticks, *batch(40).ticks]))  # half of it stored
+        await store.flush()
+        assert await store.ticks(symbols=None, after_gseq=everything[-1].gseq, limit=10) == batch(40).ticks
 
     run(dsn, body)
 
