@@ -43,6 +43,8 @@ def test_batches_that_are_not_one_step_each_are_bounded_by_sqlite(tmp_path: Path
     two_steps = TickBatch(step=1, ticks=[*batches[0].ticks, *batches[1].ticks])
     assert minute_bounds([two_steps]) is None  # two timestamps (and a symbol twice)
     assert minute_bounds([batches[1], batches[0]]) is None  # out of gseq order
+    unsorted = TickBatch(step=1, ticks=batches[1].ticks[::-1])
+    assert minute_bounds([batches[0], unsorted]) == minute_bounds([batches[0], batches[1]])
     assert minute_bounds([batches[0], TickBatch(step=0, ticks=[]), batches[1]]) is not None
 
     async def scenario() -> None:  # three steps a batch: the store reads the minutes back itself

@@ -109,10 +109,10 @@ def minute_bounds(batches: Sequence[TickBatch]) -> list[tuple[str, int, int, int
         if not b.ticks:
             continue
         gseqs = dict(map(_symbol_gseq, b.ticks))
-        if len(gseqs) != len(b.ticks) or b.ticks[0].gseq <= last_gseq or len(set(map(_ts, b.ticks))) != 1:
+        if len(gseqs) != len(b.ticks) or min(gseqs.values()) <= last_gseq or len(set(map(_ts, b.ticks))) != 1:
             return None
         steps.append((b.ticks[0].ts // MINUTE_NS, gseqs))
-        last_gseq = b.last_gseq
+        last_gseq = max(gseqs.values())
     firsts: dict[int, dict[str, int]] = {}
     lasts: dict[int, dict[str, int]] = {}
     for minute, gseqs in steps:
