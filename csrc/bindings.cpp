@@ -245,7 +245,7 @@ NB_MODULE(_engine, m) {
            "bid_cents"_a, "ask_cents"_a, "size"_a, "vol"_a,
            "(ticks, their JSON, left): prices are cents / 100, vol is round(vol, 6), the JSON is orjson's "
            "bytes for Tick.to_dict(). For the ticks in left (a value outside the cent grid's range, or "
-           "a volatility it cannot round) the JSON is empty and vol NaN, for the caller to fill in.");
+           "a volatility it cannot round, which is then NaN) the JSON is empty, for the caller to fill in.");
 
   m.def("philox4x32_10", [](std::uint32_t c0, std::uint32_t c1, std::uint32_t c2, std::uint32_t c3,
                             std::uint32_t k0, std::uint32_t k1) {

@@ -29,7 +29,8 @@ struct TickColumns {
   const double* ask_cents = nullptr;
   const std::int64_t* size = nullptr;
   const double* vol = nullptr;  // unrounded: written as round(vol, 6) is
-  double* vol_rounded = nullptr;  // out: round(vol, 6), the value the JSON shows (NaN where it left the volatility to the caller)
+  // Out: round(vol, 6), the value the JSON shows (NaN where the volatility is left to the caller).
+  double* vol_rounded = nullptr;
 };
 
 namespace tickjson {
