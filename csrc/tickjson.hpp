@@ -126,7 +126,7 @@ class TickJson {
         buf.resize(start);
         failed.push_back(i);
       }
-      if (t.vol_rounded != nullptr) t.vol_rounded[i] = vol;
+      t.vol_rounded[i] = vol;
       ends[i] = buf.size();
     }
   }
