@@ -7,7 +7,7 @@ from pathlib import Path
 
 from history_cases import MINUTE, check_queries, check_time_ranges, path
 
-from marketfeed.history.sqlite import SCHEMA, SQLiteHistory, minute_bounds
+from marketfeed.history.sqlite import PAGE_SIZE, SCHEMA, SQLiteHistory, minute_bounds
 from marketfeed.ticks import Tick, TickBatch
 
 T0 = (time.time_ns() // 60_000_000_000 - 60) * 60_000_000_000  # an hour ago, on a minute
@@ -91,9 +91,30 @@ def test_a_version_1_file_is_upgraded_with_the_minutes_of_its_ticks(tmp_path: Pa
     asyncio.run(scenario())
     conn = sqlite3.connect(path)
     assert conn.execute("PRAGMA user_version").fetchone()[0] == 2
+    assert conn.execute("PRAGMA page_size").fetchone()[0] == 4096  # SQLite's default, kept
     indexes = {
         r[0]
         for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = 'ticks'")
     }
     assert indexes == {"ticks_symbol"}
+    conn.close()
+
+
+def test_a_new_file_gets_the_larger_pages_and_keeps_them(tmp_path: Path) -> None:
+    async def scenario() -> list[Tick]:
+        store = SQLiteHistory(tmp_path / "h.sqlite3", flush_ms=50)
+        await store.start()
+        try:
+            store.write(TickBatch(step=0, ticks=[Tick("AAA", 1, 1, T0, 100.0, 99.0, 101.0, 1, 0.2)]))
+            await store.flush()
+            return await store.ticks(symbols=frozenset({"AAA"}))
+        finally:
+            await store.close()
+
+    assert len(asyncio.run(scenario())) == 1
+    assert len(asyncio.run(scenario())) == 1  # reopened: the same tick, not a second
+    conn = sqlite3.connect(tmp_path / "h.sqlite3")
+    assert PAGE_SIZE != 4096
+    assert conn.execute("PRAGMA page_size").fetchone()[0] == PAGE_SIZE
+    assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     conn.close()

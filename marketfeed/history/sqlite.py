@@ -78,6 +78,8 @@ CREATE INDEX IF NOT EXISTS tick_minutes_minute ON tick_minutes (minute);
 INSERT INTO tick_minutes SELECT symbol, ts / 60000000000, min(gseq), max(gseq) FROM ticks GROUP BY 1, 2;
 """
 MIGRATIONS = (SCHEMA, SCHEMA_2)
+#: Bytes per page of a file this store creates.
+PAGE_SIZE = 16384
 MINUTE_NS = 60_000_000_000
 # The minutes of the ticks with gseq in [?, ?], merged into those stored. Rows of that range written
 # earlier are counted again, which min and max absorb.
@@ -200,6 +202,10 @@ class SQLiteHistory:
 
     def _open_writer(self) -> None:
         conn = self._connect()
+        # A new file only: SQLite keeps the page size a file was made with (and cannot change it in WAL
+        # mode). 16 KiB instead of 4: fewer, shallower index pages for the symbol index each tick
+        # enters, +15-20 % ingest in isolation and +10 % beside the engine (docs/performance.md).
+        conn.execute(f"PRAGMA page_size={PAGE_SIZE}")
         conn.execute("PRAGMA journal_mode=WAL")
         # NORMAL in WAL mode is durable across application crashes; only an OS crash can lose the
         # last commits, which the engine would then regenerate from its stored state.
