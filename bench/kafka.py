@@ -1,6 +1,8 @@
 """Kafka benchmark: ticks per second produced through the KafkaBus with delivery confirmed, and what it
 costs the event loop (a timer task measures how late it wakes), against a plain confluent-kafka
-producer loop (no event loop, same settings) measured in the same run.
+producer loop (no event loop, same settings, same messages) measured in the same run. Both message
+layouts: a message per tick (the default), and a message per engine step and partition
+(`MARKETFEED_KAFKA_MESSAGES=step`).
 
     .venv/bin/python bench/kafka.py            # 1,000,000 ticks in steps of 100
     .venv/bin/python bench/kafka.py --quick    # a tiny run (the test suite uses it)
@@ -16,13 +18,16 @@ import statistics
 import sys
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from confluent_kafka import Producer
 from confluent_kafka.admin import AdminClient
 from confluent_kafka.cimpl import NewTopic
 
 from marketfeed.streams.kafka import KafkaBus
+from marketfeed.streams.kafka_producer import KafkaMessages, partition_of
 from marketfeed.ticks import Tick, TickBatch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
@@ -43,8 +48,10 @@ def make_batches(steps: int, assets: int) -> list[TickBatch]:
     ]
 
 
-async def through_bus(bootstrap: str, batches: list[TickBatch]) -> tuple[float, list[float]]:
-    bus = KafkaBus(bootstrap, topic=f"bench-{uuid.uuid4().hex[:6]}", partitions=6)
+async def through_bus(
+    bootstrap: str, batches: list[TickBatch], messages: KafkaMessages = KafkaMessages.TICK
+) -> tuple[float, list[float]]:
+    bus = KafkaBus(bootstrap, topic=f"bench-{uuid.uuid4().hex[:6]}", partitions=6, messages=messages)
     await bus.start()
     lags: list[float] = []
     stop = asyncio.Event()
@@ -55,10 +62,15 @@ async def through_bus(bootstrap: str, batches: list[TickBatch]) -> tuple[float, 
             await asyncio.sleep(0.001)
             lags.append((time.perf_counter() - t0 - 0.001) * 1000)
 
+    # The first step starts the producer process and its connection; the timing starts once it is in.
+    first, rest = batches[0], batches[1:]
+    await bus.publish(first)
+    while bus.metrics()["kafka_delivered_total"] < len(first):
+        await asyncio.sleep(0.005)
     watcher = asyncio.create_task(timer())
     total = sum(len(b) for b in batches)
     t0 = time.perf_counter()
-    for b in batches:
+    for b in rest:
         await bus.publish(b)
         await asyncio.sleep(0)  # one engine step at a time, as the engine loop does
         while bus.metrics()["kafka_in_flight"] > 400_000:  # within the producer buffer (500,000)
@@ -69,7 +81,7 @@ async def through_bus(bootstrap: str, batches: list[TickBatch]) -> tuple[float, 
     stop.set()
     await watcher
     await bus.close()
-    return total / elapsed, lags
+    return (total - len(first)) / elapsed, lags
 
 
 def plain(bootstrap: str, batches: list[TickBatch], *, headers: bool = False) -> float:
@@ -80,8 +92,11 @@ def plain(bootstrap: str, batches: list[TickBatch], *, headers: bool = False) ->
     # The same six partitions as the bus's topic: more partitions, smaller batches, more requests.
     admin = AdminClient({"bootstrap.servers": bootstrap})
     admin.create_topics([NewTopic(topic, 6)])[topic].result(30)
+    for t, value in zip(batches[0].ticks, batches[0].encoded, strict=True):  # connected, as the bus is
+        producer.produce(topic, value=value, key=t.symbol)
+    producer.flush(30)
     t0 = time.perf_counter()
-    for b in batches:
+    for b in batches[1:]:
         # The bus's three headers per message (schema, step, batch size) nearly double produce()'s cost.
         h: list[tuple[str, str | bytes | None]] | None = None
         if headers:
@@ -95,9 +110,71 @@ def plain(bootstrap: str, batches: list[TickBatch], *, headers: bool = False) ->
                     producer.poll(0.01)
         producer.poll(0)
     producer.flush(60)
-    rate = sum(len(b) for b in batches) / (time.perf_counter() - t0)
+    rate = sum(len(b) for b in batches[1:]) / (time.perf_counter() - t0)
     del producer
     return rate
+
+
+def plain_steps(bootstrap: str, batches: list[TickBatch]) -> float:
+    """The step layout's messages from a plain loop: each step's ticks grouped by partition, a message
+    per group with the four headers, every delivery reported (to count the ticks confirmed)."""
+    producer = Producer({"bootstrap.servers": bootstrap, "enable.idempotence": True, "acks": "all",
+                         "linger.ms": 5, "batch.num.messages": 10_000, "compression.type": "lz4",
+                         "queue.buffering.max.messages": 500_000})  # fmt: skip
+    topic = f"plain-{uuid.uuid4().hex[:6]}"
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    admin.create_topics([NewTopic(topic, 6)])[topic].result(30)
+    confirmed = 0
+
+    def counter(n: int) -> Callable[[Any, Any], None]:
+        def on_delivery(err: Any, msg: Any) -> None:
+            nonlocal confirmed
+            if err is None:
+                confirmed += n
+
+        return on_delivery
+
+    parts: dict[str, int] = {}
+    first, rest = batches[0], batches[1:]
+    for t, value in zip(first.ticks, first.encoded, strict=True):  # connected, as the bus is
+        producer.produce(topic, value=value, key=t.symbol)
+    producer.flush(30)
+    t0 = time.perf_counter()
+    for b in rest:
+        groups: dict[int, list[bytes]] = {}
+        for t, value in zip(b.ticks, b.encoded, strict=True):
+            p = parts.get(t.symbol)
+            if p is None:
+                p = parts[t.symbol] = partition_of(t.symbol, 6)
+            groups.setdefault(p, []).append(value)
+        h: list[tuple[str, str | bytes | None]] = [
+            ("schema-version", b"1"), ("step", b"%d" % b.step), ("batch-size", b"%d" % len(b))
+        ]  # fmt: skip
+        for p, lines in groups.items():
+            n = len(lines)
+            while True:
+                try:
+                    producer.produce(topic, value=b"\n".join(lines), partition=p,
+                                     headers=[*h, ("ticks", b"%d" % n)], on_delivery=counter(n))  # fmt: skip
+                    break
+                except BufferError:
+                    producer.poll(0.01)
+        producer.poll(0)
+    producer.flush(60)
+    total = sum(len(b) for b in rest)
+    rate = total / (time.perf_counter() - t0)
+    del producer
+    if confirmed != total:
+        raise RuntimeError(f"plain step loop: {confirmed} of {total} ticks confirmed")
+    return rate
+
+
+def lag_text(lags: list[float]) -> str:
+    if not lags:
+        return "loop lag not measured"
+    lags = sorted(lags)
+    p99 = lags[min(len(lags) - 1, int(0.99 * len(lags)))]
+    return f"loop lag p50 {statistics.median(lags):.2f} ms, p99 {p99:.2f} ms"
 
 
 def main() -> None:
@@ -117,15 +194,20 @@ def main() -> None:
         base = plain(broker.bootstrap, batches)
         base_headers = plain(broker.bootstrap, batches, headers=True)
         rate, lags = asyncio.run(through_bus(broker.bootstrap, batches))
-        lags.sort()
-        p99 = lags[min(len(lags) - 1, int(0.99 * len(lags)))] if lags else float("nan")
+        base_steps = plain_steps(broker.bootstrap, batches)
+        rate_steps, lags_steps = asyncio.run(through_bus(broker.bootstrap, batches, KafkaMessages.STEP))
         total = args.steps * args.assets
-        print(f"kafka benchmark: {total:,} ticks, delivery confirmed (acks=all, idempotent, lz4)")
-        print(f"  KafkaBus from the event loop: {rate:>12,.0f} ticks/s; loop lag p50 "
-              f"{statistics.median(lags) if lags else float('nan'):.2f} ms, p99 {p99:.2f} ms")  # fmt: skip
-        print(f"  plain producer loop:          {base:>12,.0f} ticks/s   (ratio {rate / base:.2f})")
-        ratio = rate / base_headers
-        print(f"  plain loop, same headers:     {base_headers:>12,.0f} ticks/s   (ratio {ratio:.2f})")
+        print(f"kafka benchmark: {total:,} ticks in steps of {args.assets}, delivery confirmed "
+              "(acks=all, idempotent, lz4)")  # fmt: skip
+        print("  a message per tick (MARKETFEED_KAFKA_MESSAGES=tick, the default)")
+        print(f"    KafkaBus from the event loop: {rate:>12,.0f} ticks/s; {lag_text(lags)}")
+        print(f"    plain producer loop, same headers: {base_headers:>7,.0f} ticks/s   "
+              f"(ratio {rate / base_headers:.2f})")  # fmt: skip
+        print(f"    plain loop without headers:   {base:>12,.0f} ticks/s   (ratio {rate / base:.2f})")
+        print("  a message per step and partition (MARKETFEED_KAFKA_MESSAGES=step)")
+        print(f"    KafkaBus from the event loop: {rate_steps:>12,.0f} ticks/s; {lag_text(lags_steps)}")
+        print(f"    plain producer loop, same messages: {base_steps:>6,.0f} ticks/s   "
+              f"(ratio {rate_steps / base_steps:.2f})")  # fmt: skip
     finally:
         broker.stop()
         broker.kill()

@@ -13,7 +13,12 @@ def make_bus(settings: Settings) -> Bus:
     if settings.kafka:
         from marketfeed.streams.kafka import KafkaBus
 
-        return KafkaBus(settings.kafka, topic=settings.kafka_topic, partitions=settings.kafka_partitions)
+        return KafkaBus(
+            settings.kafka,
+            topic=settings.kafka_topic,
+            partitions=settings.kafka_partitions,
+            messages=settings.kafka_messages,
+        )
     from marketfeed.streams.memory import MemoryBus
 
     return MemoryBus()

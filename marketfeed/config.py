@@ -16,6 +16,7 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from marketfeed.calendar import parse_session
 from marketfeed.engine import Scheme
 from marketfeed.market import Arrivals, TradeModel
+from marketfeed.streams.kafka_producer import KafkaMessages
 
 
 class Role(StrEnum):
@@ -81,6 +82,9 @@ class Settings(BaseSettings):
     kafka: str | None = Field(None, description="Kafka bootstrap servers; unset = in-process bus")
     kafka_topic: str = Field("marketfeed.ticks", description="Kafka topic for ticks")
     kafka_partitions: int = Field(6, ge=1, le=1000, description="partitions if the topic is created")
+    kafka_messages: KafkaMessages = Field(
+        KafkaMessages.TICK, description="tick: a message per tick | step: a message per step and partition"
+    )
     redis: str | None = Field(None, description="Redis URL; unset = in-memory quote cache")
     database: str | None = Field(None, description="PostgreSQL URL; unset = SQLite history")
 

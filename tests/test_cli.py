@@ -7,7 +7,10 @@ import sys
 
 import pytest
 
+from marketfeed.backends import make_bus
 from marketfeed.cli import build_parser, settings_from
+from marketfeed.streams.kafka import KafkaBus
+from marketfeed.streams.kafka_producer import KafkaMessages
 
 
 def run(*args: str) -> subprocess.CompletedProcess[str]:
@@ -30,6 +33,7 @@ def test_help_lists_every_setting_with_its_environment_variable() -> None:
         (["serve", "--tick-rate", "-1"], "--tick-rate"),
         (["serve", "--scheme", "milstein"], "--scheme"),
         (["serve", "--role", "king"], "--role"),
+        (["serve", "--kafka-messages", "frames"], "--kafka-messages"),
         (["serve", "--no-such-flag"], "unrecognized"),
         (["fly"], "invalid choice"),
     ],
@@ -52,3 +56,10 @@ def test_flags_win_over_the_environment(monkeypatch: pytest.MonkeyPatch) -> None
     settings = settings_from(build_parser().parse_args(["serve", "--seed", "9"]))
     assert settings.seed == 9
     assert settings.tick_rate == 3
+
+
+def test_the_kafka_layout_reaches_the_bus() -> None:
+    for flags, layout in (([], KafkaMessages.TICK), (["--kafka-messages", "step"], KafkaMessages.STEP)):
+        bus = make_bus(settings_from(build_parser().parse_args(["serve", "--kafka", "127.0.0.1:1", *flags])))
+        assert isinstance(bus, KafkaBus)  # made, not started: nothing connects yet
+        assert bus.messages is layout

@@ -3,22 +3,26 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import signal
 import time
 import uuid
 from collections import defaultdict
+from typing import NamedTuple
 
 import pytest
-from confluent_kafka import Consumer
+from confluent_kafka import Consumer, Message, Producer
 from services import Kafka
 
 from marketfeed.health import Status
 from marketfeed.streams import kafka as kafka_bus
 from marketfeed.streams.kafka import KafkaBus, header_map
+from marketfeed.streams.kafka_producer import KafkaMessages, partition_of
 from marketfeed.ticks import Tick, TickBatch
 
 pytestmark = pytest.mark.integration
+LAYOUTS = pytest.mark.parametrize("layout", list(KafkaMessages))
 
 SYMBOLS = [f"S{i}" for i in range(12)]
 
@@ -32,32 +36,50 @@ def batch(step: int) -> TickBatch:
     return TickBatch(step=step, ticks=ticks)
 
 
-def consume_all(
-    kafka: Kafka, topic: str, expected: int, seconds: float = 60
-) -> list[tuple[str, Tick, dict[str, bytes]]]:
+class Received(NamedTuple):
+    key: str | None
+    tick: Tick
+    headers: dict[str, bytes]
+    partition: int
+    message: int  # which message carried it, in the order consumed
+
+
+def consume_all(kafka: Kafka, topic: str, expected: int, seconds: float = 60) -> list[Received]:
+    """Every tick on the topic, from messages of either layout."""
     consumer = Consumer({"bootstrap.servers": kafka.bootstrap, "group.id": f"check-{uuid.uuid4()}",
                          "auto.offset.reset": "earliest", "enable.auto.commit": False})  # fmt: skip
     consumer.subscribe([topic])
-    out: list[tuple[str, Tick, dict[str, bytes]]] = []
+    out: list[Received] = []
+    count = 0
+
+    def take(messages: list[Message]) -> None:
+        nonlocal count
+        for m in messages:
+            if m.error() is not None:
+                continue
+            key, headers, value = m.key(), header_map(m), m.value() or b""
+            lines = value.split(b"\n") if "ticks" in headers else [value]
+            for line in lines:
+                out.append(Received(key.decode() if key else None, Tick.from_json(line), headers,
+                                    m.partition() or 0, count))  # fmt: skip
+            count += 1
+
     deadline = time.monotonic() + seconds
     try:
         while len(out) < expected and time.monotonic() < deadline:
-            for m in consumer.consume(1000, timeout=0.5):
-                if m.error() is None:
-                    out.append(((m.key() or b"").decode(), Tick.from_json(m.value() or b""), header_map(m)))
-        for m in consumer.consume(1000, timeout=1.0):  # anything beyond the expected count is a duplicate
-            if m.error() is None:
-                out.append(((m.key() or b"").decode(), Tick.from_json(m.value() or b""), header_map(m)))
+            take(consumer.consume(1000, timeout=0.5))
+        take(consumer.consume(1000, timeout=1.0))  # anything beyond the expected count is a duplicate
     finally:
         consumer.close()
     return out
 
 
-def assert_exactly_once(messages: list[tuple[str, Tick, dict[str, bytes]]], steps: int) -> None:
+def assert_exactly_once(received: list[Received], steps: int, partitions: int) -> None:
     by_symbol: dict[str, list[int]] = defaultdict(list)
-    for key, tick, _ in messages:
-        assert key == tick.symbol
-        by_symbol[tick.symbol].append(tick.seq)
+    for r in received:
+        assert r.key in (r.tick.symbol, None)
+        assert r.partition == partition_of(r.tick.symbol, partitions)  # a symbol has one partition
+        by_symbol[r.tick.symbol].append(r.tick.seq)
     assert set(by_symbol) == set(SYMBOLS)
     for seqs in by_symbol.values():
         assert seqs == list(range(1, steps + 1))  # in order within the symbol, no gap, no duplicate
@@ -76,19 +98,58 @@ def test_every_tick_is_produced_keyed_with_headers(kafka: Kafka) -> None:
 
     bus = asyncio.run(produce())
     assert bus.metrics()["kafka_delivered_total"] == bus.metrics()["kafka_produced_total"] == 600
-    messages = consume_all(kafka, topic, 600)
-    assert len(messages) == 600
-    assert_exactly_once(messages, 50)
-    headers = messages[0][2]
-    assert headers["schema-version"] == b"1"
-    assert headers["batch-size"] == b"12"
+    received = consume_all(kafka, topic, 600)
+    assert len(received) == 600
+    assert_exactly_once(received, 50, 3)
+    assert len({r.message for r in received}) == 600
+    for r in received:
+        assert r.key == r.tick.symbol
+        assert r.headers == {"schema-version": b"1", "step": b"%d" % (r.tick.seq - 1), "batch-size": b"12"}
 
 
-def test_edges_regroup_whole_steps_in_order(kafka: Kafka) -> None:
+def test_the_step_layout_carries_a_steps_ticks_in_a_message_per_partition(kafka: Kafka) -> None:
+    topic = f"t-{uuid.uuid4().hex[:8]}"
+
+    async def produce() -> KafkaBus:
+        bus = KafkaBus(kafka.bootstrap, topic=topic, partitions=3, messages=KafkaMessages.STEP)
+        await bus.start()
+        for step in range(50):
+            await bus.publish(batch(step))
+        await bus.close()
+        return bus
+
+    bus = asyncio.run(produce())
+    metrics = bus.metrics()
+    assert metrics["kafka_delivered_total"] == metrics["kafka_produced_total"] == 600
+    assert metrics["kafka_in_flight"] == 0
+    received = consume_all(kafka, topic, 600)
+    assert len(received) == 600
+    assert_exactly_once(received, 50, 3)
+    by_message: dict[int, list[Received]] = defaultdict(list)
+    for r in received:
+        by_message[r.message].append(r)
+    per_step: dict[bytes, int] = defaultdict(int)
+    for ticks in by_message.values():
+        headers = ticks[0].headers
+        assert {r.partition for r in ticks} == {ticks[0].partition}
+        assert headers["ticks"] == b"%d" % len(ticks)
+        assert headers["batch-size"] == b"12"
+        assert {r.tick.seq - 1 for r in ticks} == {int(headers["step"])}  # one step's ticks
+        assert [r.tick.gseq for r in ticks] == sorted(r.tick.gseq for r in ticks)
+        assert ticks[0].key is None
+        per_step[headers["step"]] += 1
+    # One message per partition that has symbols: the 12 symbols cover all 3 partitions.
+    assert {partition_of(s, 3) for s in SYMBOLS} == {0, 1, 2}
+    assert set(per_step.values()) == {3}
+    assert len(per_step) == 50
+
+
+@LAYOUTS
+def test_edges_regroup_whole_steps_in_order(kafka: Kafka, layout: KafkaMessages) -> None:
     topic = f"t-{uuid.uuid4().hex[:8]}"
 
     async def scenario() -> list[TickBatch]:
-        engine = KafkaBus(kafka.bootstrap, topic=topic, partitions=4)
+        engine = KafkaBus(kafka.bootstrap, topic=topic, partitions=4, messages=layout)
         edge = KafkaBus(kafka.bootstrap, topic=topic)
         await engine.start()
         received: list[TickBatch] = []
@@ -115,14 +176,70 @@ def test_edges_regroup_whole_steps_in_order(kafka: Kafka) -> None:
     assert [b.step for b in received] == list(range(30))
     for b in received:
         assert [t.gseq for t in b.ticks] == [t.gseq for t in batch(b.step).ticks]
+        assert [Tick.from_json(e) for e in b.encoded] == b.ticks
 
 
-def test_a_broker_outage_neither_blocks_the_loop_nor_loses_ticks(kafka: Kafka) -> None:
+def test_an_edge_skips_and_counts_messages_that_are_not_ticks(
+    kafka: Kafka, caplog: pytest.LogCaptureFixture
+) -> None:
+    topic = f"t-{uuid.uuid4().hex[:8]}"
+    # Headers of a step still to come: a tick wrongly taken from these would join step 5.
+    good: list[tuple[str, str | bytes | None]] = [("step", b"5"), ("batch-size", b"12")]
+    foreign: list[tuple[bytes, list[tuple[str, str | bytes | None]] | None]] = [
+        (b"hello", None),  # no headers at all
+        (b"{not json", [*good]),
+        (b"[1, 2]", [*good]),  # JSON, not a tick
+        (batch(3).ticks[0].to_json() + b"\n{}", [*good, ("ticks", b"2")]),  # step layout, one bad line
+        (b"{}", [("step", b"three"), ("batch-size", b"12")]),
+    ]
+
+    async def scenario() -> tuple[list[TickBatch], KafkaBus]:
+        engine = KafkaBus(kafka.bootstrap, topic=topic, partitions=2, messages=KafkaMessages.STEP)
+        edge = KafkaBus(kafka.bootstrap, topic=topic)
+        await engine.start()
+        received: list[TickBatch] = []
+
+        async def listen() -> None:
+            async for b in edge.subscribe():
+                received.append(b)
+
+        listener = asyncio.create_task(listen())
+        await asyncio.sleep(3.0)  # the edge has its partitions, from the end
+        other = Producer({"bootstrap.servers": kafka.bootstrap})
+        for step in range(8):
+            if step == 4:  # between two steps, on both partitions
+                for partition in (0, 1):
+                    for value, headers in foreign:
+                        other.produce(topic, value=value, partition=partition, headers=headers)
+                await asyncio.to_thread(other.flush, 10)
+            await engine.publish(batch(step))
+            await asyncio.sleep(0.05)
+        deadline = time.monotonic() + 20
+        while (not received or received[-1].step < 7) and time.monotonic() < deadline:
+            await asyncio.sleep(0.1)
+        listener.cancel()
+        await asyncio.gather(listener, return_exceptions=True)
+        await engine.close()
+        await edge.close()
+        return received, edge
+
+    with caplog.at_level(logging.WARNING, logger="marketfeed.streams.kafka"):
+        received, edge = asyncio.run(scenario())
+    assert [b.step for b in received] == list(range(8))  # every step whole, none lost to the garbage
+    for b in received:
+        assert [t.gseq for t in b.ticks] == [t.gseq for t in batch(b.step).ticks]
+    assert edge.metrics()["kafka_malformed_total"] == 2 * len(foreign)
+    assert edge.metrics()["kafka_consumed_total"] == 8 * len(SYMBOLS)
+    assert "malformed messages skipped" in caplog.text
+
+
+@LAYOUTS
+def test_a_broker_outage_neither_blocks_the_loop_nor_loses_ticks(kafka: Kafka, layout: KafkaMessages) -> None:
     topic = f"t-{uuid.uuid4().hex[:8]}"
     steps = 120
 
     async def scenario() -> tuple[KafkaBus, float, Status]:
-        bus = KafkaBus(kafka.bootstrap, topic=topic, partitions=3)
+        bus = KafkaBus(kafka.bootstrap, topic=topic, partitions=3, messages=layout)
         await bus.start()
         lag = 0.0
         degraded = Status.OK
@@ -144,12 +261,15 @@ def test_a_broker_outage_neither_blocks_the_loop_nor_loses_ticks(kafka: Kafka) -
     assert degraded is Status.DEGRADED
     assert bus.metrics()["kafka_delivered_total"] == steps * len(SYMBOLS)
     assert bus.health().status is Status.OK
-    messages = consume_all(kafka, topic, steps * len(SYMBOLS))
-    assert len(messages) == steps * len(SYMBOLS)
-    assert_exactly_once(messages, steps)
+    received = consume_all(kafka, topic, steps * len(SYMBOLS))
+    assert len(received) == steps * len(SYMBOLS)
+    assert_exactly_once(received, steps, 3)
 
 
-def test_a_killed_producer_process_is_replaced_and_every_tick_accounted_for(kafka: Kafka) -> None:
+@LAYOUTS
+def test_a_killed_producer_process_is_replaced_and_every_tick_accounted_for(
+    kafka: Kafka, layout: KafkaMessages
+) -> None:
     topic = f"t-{uuid.uuid4().hex[:8]}"
     n = len(SYMBOLS)
 
@@ -159,7 +279,7 @@ def test_a_killed_producer_process_is_replaced_and_every_tick_accounted_for(kafk
             await asyncio.sleep(0.05)
 
     async def scenario() -> tuple[KafkaBus, int, int | None, Status]:
-        bus = KafkaBus(kafka.bootstrap, topic=topic, partitions=3)
+        bus = KafkaBus(kafka.bootstrap, topic=topic, partitions=3, messages=layout)
         await bus.start()
         for step in range(20):
             await bus.publish(batch(step))
@@ -186,9 +306,9 @@ def test_a_killed_producer_process_is_replaced_and_every_tick_accounted_for(kafk
     assert metrics["kafka_delivery_failed_total"] == 0
     assert metrics["kafka_in_flight"] == 0
     assert bus.health().status is Status.OK  # deliveries resumed
-    messages = consume_all(kafka, topic, 40 * n)
-    assert len(messages) == 40 * n
-    assert_exactly_once(messages, 40)
+    received = consume_all(kafka, topic, 40 * n)
+    assert len(received) == 40 * n
+    assert_exactly_once(received, 40, 3)
 
 
 def test_a_producer_process_that_cannot_start_is_retried_with_backoff(

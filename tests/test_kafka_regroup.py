@@ -19,7 +19,7 @@ def test_steps_with_few_or_no_ticks_are_emitted_in_order() -> None:
     steps = {3: [tick(3, 1, 1), tick(3, 2, 1)], 7: [tick(7, 2, 2)], 8: [tick(8, 0, 1), tick(8, 1, 2)]}
     for step, ticks in steps.items():
         for t in reversed(ticks):  # partitions deliver out of order
-            regroup.add(step, len(ticks), t.to_json())
+            regroup.add(step, len(ticks), t, t.to_json())
     assert [b.step for b in out] == [3, 7, 8]
     assert [[t.gseq for t in b.ticks] for b in out] == [[14, 15], [31], [33, 34]]
     assert regroup.next_step == 9

@@ -30,9 +30,11 @@ async def collect(url: str, seconds: float) -> list[dict[str, Any]]:
     return ticks
 
 
-def test_two_edges_serve_identical_streams(server_factory: ServerFactory, kafka: Kafka) -> None:
+@pytest.mark.parametrize("layout", ["tick", "step"])  # the engine's MARKETFEED_KAFKA_MESSAGES
+def test_two_edges_serve_identical_streams(server_factory: ServerFactory, kafka: Kafka, layout: str) -> None:
     topic = f"scale-{uuid.uuid4().hex[:8]}"
-    engine = server_factory(role="engine", kafka=kafka.bootstrap, kafka_topic=topic).start()
+    engine = server_factory(role="engine", kafka=kafka.bootstrap, kafka_topic=topic, kafka_messages=layout)
+    engine.start()
     edges = [server_factory(role="edge", kafka=kafka.bootstrap, kafka_topic=topic).start() for _ in range(2)]
     time.sleep(3.0)  # the edges have their partitions
 

@@ -6,9 +6,12 @@ second, and a thread of ours would take the GIL from the loop for most of that t
 the step on a queue, a sender thread writes it to the child, a reader thread hands the child's
 counters to the loop with `call_soon_threadsafe`. Topic administration and consuming run on threads.
 
-Topic layout: one message per tick, key = symbol (so each symbol stays in order in its partition),
-value = the tick JSON (the bytes encoded once per batch), headers `schema-version`, `step` and
-`batch-size` (so an edge knows when it holds a whole engine step, whatever the partitions).
+Topic layout (`messages`): by default one message per tick, key = symbol (so each symbol stays in
+order in its partition), value = the tick JSON (the bytes encoded once per batch); or, with
+`messages="step"`, one message per engine step and partition, value = that partition's ticks as JSON
+lines, header `ticks` = their number. Either way the headers `schema-version`, `step` and
+`batch-size` (so an edge knows when it holds a whole engine step, whatever the partitions), and an
+edge reads both layouts.
 """
 
 from __future__ import annotations
@@ -30,16 +33,13 @@ from typing import Any
 from confluent_kafka import (
     OFFSET_END,
     Consumer,
-    KafkaError,
     KafkaException,
     Message,
     TopicPartition,
 )
-from confluent_kafka.admin import AdminClient
-from confluent_kafka.cimpl import NewTopic
 
 from marketfeed.health import Health
-from marketfeed.streams.kafka_producer import Status, read_frame, write_frame
+from marketfeed.streams.kafka_producer import KafkaMessages, Status, ensure_topic, read_frame, write_frame
 from marketfeed.ticks import SCHEMA_VERSION, Tick, TickBatch
 
 log = logging.getLogger(__name__)
@@ -80,10 +80,12 @@ class KafkaBus:
         topic: str = "marketfeed.ticks",
         partitions: int = 6,
         buffer_messages: int = 500_000,
+        messages: KafkaMessages = KafkaMessages.TICK,
     ) -> None:
         self.bootstrap = bootstrap
         self.topic = topic
-        self.partitions = partitions
+        self.partitions = partitions  #: the topic's, once start() has seen it; else the number to create
+        self.messages = KafkaMessages(messages)
         self.buffer_messages = buffer_messages
         self._loop: asyncio.AbstractEventLoop | None = None
         self._outbox: queue.SimpleQueue[TickBatch | None] = queue.SimpleQueue()
@@ -94,7 +96,8 @@ class KafkaBus:
         self._past = Totals()
         self.handed_over = 0  #: ticks given to publish (in flight, delivered, failed or refused)
         self.refused = 0  #: refused by publish: as many ticks in flight as the buffer holds
-        self.consumed = 0
+        self.consumed = 0  #: ticks an edge has read
+        self.malformed = 0  #: messages an edge skipped: not a marketfeed tick message
         self.producer_pid: int | None = None  #: the producer process now running
         self.spawns = 0  #: producer processes started
         self._reported = False  # the current producer process has sent a status
@@ -125,22 +128,10 @@ class KafkaBus:
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()
         try:
-            await asyncio.to_thread(self._ensure_topic)
+            found = await asyncio.to_thread(ensure_topic, self.bootstrap, self.topic, self.partitions)
+            self.partitions = found
         except KafkaException as exc:  # the broker may come later: produce buffers meanwhile
             self._set_error(f"cannot create topic {self.topic}: {exc}")
-
-    def _ensure_topic(self) -> None:
-        admin = AdminClient({"bootstrap.servers": self.bootstrap})
-        if self.topic in admin.list_topics(timeout=10).topics:
-            return
-        futures = admin.create_topics(
-            [NewTopic(self.topic, num_partitions=self.partitions, replication_factor=-1)]
-        )
-        try:
-            futures[self.topic].result(timeout=30)
-        except KafkaException as exc:
-            if exc.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:  # another process made it first
-                raise
 
     async def close(self) -> None:
         if self._sender is not None:  # every batch handed over is produced and flushed first
@@ -172,7 +163,8 @@ class KafkaBus:
 
     def _spawn(self) -> tuple[subprocess.Popen[bytes], threading.Thread]:
         config = {"bootstrap": self.bootstrap, "topic": self.topic,
-                  "buffer_messages": self.buffer_messages, "schema_version": SCHEMA_VERSION}  # fmt: skip
+                  "buffer_messages": self.buffer_messages, "schema_version": SCHEMA_VERSION,
+                  "messages": str(self.messages), "partitions": self.partitions}  # fmt: skip
         child = subprocess.Popen(
             [sys.executable, "-m", PRODUCER_MODULE, json.dumps(config)],
             stdin=subprocess.PIPE,
@@ -322,9 +314,18 @@ class KafkaBus:
                 for m in messages:
                     if m.error() is not None:
                         continue
-                    headers = header_map(m)
-                    regroup.add(int(headers["step"]), int(headers["batch-size"]), m.value() or b"")
-                self.consumed += len(messages)
+                    try:
+                        step, size, ticks = ticks_of(m)
+                    except ValueError as exc:  # another producer's message: skipped, counted, logged
+                        self.malformed += 1
+                        if self.malformed == 1 or self.malformed % 1000 == 0:
+                            where = f"partition {m.partition()} offset {m.offset()}"
+                            log.warning("kafka edge: %d malformed messages skipped, the last at %s: %s",
+                                        self.malformed, where, exc)  # fmt: skip
+                        continue
+                    for tick, value in ticks:
+                        regroup.add(step, size, tick, value)
+                    self.consumed += len(ticks)
                 regroup.flush_stale()
         finally:
             consumer.close()
@@ -343,12 +344,26 @@ class KafkaBus:
             "kafka_buffer_full_total": self.buffer_full,
             "kafka_in_flight": self.in_flight,
             "kafka_consumed_total": self.consumed,
+            "kafka_malformed_total": self.malformed,
         }
 
 
 def header_map(message: Message) -> dict[str, bytes]:
     raw: Any = message.headers() or []  # a list of (key, value) pairs as produced
     return {k: v for k, v in raw if isinstance(v, bytes)}
+
+
+def ticks_of(message: Message) -> tuple[int, int, list[tuple[Tick, bytes]]]:
+    """A message's step, that step's number of ticks, and the ticks it carries with their JSON, in
+    either layout; ValueError for anything else (the topic is open to other producers)."""
+    headers = header_map(message)
+    value = message.value() or b""
+    try:
+        step, size = int(headers["step"]), int(headers["batch-size"])
+        lines = value.split(b"\n") if "ticks" in headers else [value]  # the step layout: JSON lines
+        return step, size, [(Tick.from_json(line), line) for line in lines]
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ValueError(f"not a marketfeed tick message ({type(exc).__name__}: {exc})") from exc
 
 
 class Regrouper:
@@ -364,10 +379,9 @@ class Regrouper:
         self.pending: dict[int, tuple[int, float, dict[int, tuple[Tick, bytes]]]] = {}
         self.next_step: int | None = None
 
-    def add(self, step: int, size: int, value: bytes) -> None:
+    def add(self, step: int, size: int, tick: Tick, value: bytes) -> None:
         if self.next_step is not None and step < self.next_step:
             return  # already emitted (a re-delivery)
-        tick = Tick.from_json(value)
         _, _, ticks = self.pending.setdefault(step, (size, time.monotonic(), {}))
         ticks[tick.gseq] = (tick, value)
         self._emit_ready()

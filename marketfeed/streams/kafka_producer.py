@@ -12,6 +12,15 @@ to its stdin and reads its counters from its stdout:
 Frames, both ways: a 4-byte big-endian length, then a pickle. To the child: (step, keys, values) for
 one engine step; the end of its stdin (the server closing it, or dying) asks it to flush and exit.
 From the child: a `Status` as a tuple, the last one with `final` set.
+
+Two message layouts (`KafkaMessages`), both counted in ticks:
+- `tick` (the default): a message per tick, key = symbol, value = the tick's JSON. librdkafka puts a
+  key in partition crc32(key) % partitions.
+- `step`: a message per engine step and partition, no key, value = that partition's ticks of the
+  step as JSON lines, and a `ticks` header with their number. Each symbol goes to the partition
+  `tick` would give it (crc32, computed here), so it stays in order there. produce() costs about the
+  same per message whatever it carries (three headers are most of it), so at a hundred ticks a step
+  this is the layout that keeps up with a fast engine on a small machine (docs/performance.md).
 """
 
 from __future__ import annotations
@@ -23,6 +32,9 @@ import pickle
 import struct
 import sys
 import threading
+import time
+import zlib
+from enum import StrEnum
 from typing import Any, BinaryIO, NamedTuple
 
 log = logging.getLogger(__name__)
@@ -32,6 +44,38 @@ STATUS_S = 0.05
 #: How long the child's shutdown waits for the broker to confirm what it holds.
 FLUSH_S = 15.0
 _LENGTH = struct.Struct(">I")
+
+
+class KafkaMessages(StrEnum):
+    """How ticks are laid out in Kafka messages (the module docstring has the details)."""
+
+    TICK = "tick"  #: one message per tick, key = symbol
+    STEP = "step"  #: one message per engine step and partition: the ticks as JSON lines
+
+
+def partition_of(symbol: str, partitions: int) -> int:
+    """The partition librdkafka's default partitioner gives this key: crc32(key) % partitions."""
+    return zlib.crc32(symbol.encode()) % partitions
+
+
+def ensure_topic(bootstrap: str, topic: str, partitions: int) -> int:
+    """Create the topic if it does not exist; its number of partitions. Blocking: call from a thread."""
+    from confluent_kafka import KafkaError, KafkaException
+    from confluent_kafka.admin import AdminClient
+    from confluent_kafka.cimpl import NewTopic
+
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    found = admin.list_topics(timeout=10).topics.get(topic)
+    if found is not None and found.partitions:
+        return len(found.partitions)
+    futures = admin.create_topics([NewTopic(topic, num_partitions=partitions, replication_factor=-1)])
+    try:
+        futures[topic].result(timeout=30)
+    except KafkaException as exc:
+        if exc.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:  # another process made it first
+            raise
+        return len(admin.list_topics(topic, timeout=10).topics[topic].partitions)
+    return partitions
 
 
 class Status(NamedTuple):
@@ -80,17 +124,30 @@ def producer_config(bootstrap: str, buffer_messages: int) -> dict[str, Any]:
 
 
 class Child:
-    def __init__(self, bootstrap: str, topic: str, buffer_messages: int, schema_version: int) -> None:
+    def __init__(
+        self,
+        bootstrap: str,
+        topic: str,
+        buffer_messages: int,
+        schema_version: int,
+        messages: KafkaMessages = KafkaMessages.TICK,
+        partitions: int = 1,
+    ) -> None:
         from confluent_kafka import KafkaError, Message, Producer
 
+        self.bootstrap = bootstrap
         self.topic = topic
+        self.messages = messages
+        self.partitions = partitions  # step layout: the topic's, looked up in run()
         self.schema = str(schema_version).encode()
         self.produced = self.failed = self.buffer_full = self.errors = 0
+        self.confirmed = 0  # step layout: ticks whose delivery was confirmed
         self.error: str | None = None
         self._out_lock = threading.Lock()
         # Callbacks run in whichever thread polls (both may): their counts are kept under a lock.
         self._count_lock = threading.Lock()
         self._stop = threading.Event()
+        self._parts: dict[str, int] = {}  # step layout: each symbol's partition
 
         def on_delivery(err: KafkaError | None, msg: Message) -> None:
             if err is not None:
@@ -100,6 +157,10 @@ class Child:
             self._note(err.str())
 
         config = producer_config(bootstrap, buffer_messages)
+        if messages is KafkaMessages.STEP:
+            # A message is many ticks here, so every report is wanted (a few thousand a second) to count
+            # the ticks confirmed; produce_step passes each message's own callback.
+            config["delivery.report.only.error"] = False
         self.producer = Producer(config | {"on_delivery": on_delivery, "error_cb": on_error})
 
     def _note(self, message: str, *, failed: int = 0) -> None:
@@ -108,9 +169,16 @@ class Child:
             self.errors += 1
             self.error = message
 
+    def queued(self) -> int:
+        """Ticks taken by librdkafka and not yet confirmed either way."""
+        if self.messages is KafkaMessages.TICK:
+            return len(self.producer)  # a message is a tick; successes are not reported
+        with self._count_lock:
+            return self.produced - self.confirmed - self.failed
+
     def report(self, out: BinaryIO, *, final: bool = False) -> None:
         status = Status(
-            self.produced, len(self.producer), self.failed, self.buffer_full, self.errors, self.error, final
+            self.produced, self.queued(), self.failed, self.buffer_full, self.errors, self.error, final
         )
         with self._out_lock:
             # A plain tuple: this module runs as __main__ here, so a Status would not unpickle there.
@@ -127,7 +195,9 @@ class Child:
     def run(self, inp: BinaryIO, out: BinaryIO) -> None:
         reporter = threading.Thread(target=self._status_loop, args=(out,), name="status", daemon=True)
         reporter.start()
-        produce, poll = self.producer.produce, self.producer.poll
+        if self.messages is KafkaMessages.STEP:
+            self._find_partitions()
+        produce = self.produce_step if self.messages is KafkaMessages.STEP else self.produce_ticks
         while (frame := read_frame(inp)) is not None:
             step, keys, values = pickle.loads(frame)
             headers: list[tuple[str, str | bytes | None]] = [
@@ -135,15 +205,8 @@ class Child:
                 ("step", b"%d" % step),
                 ("batch-size", b"%d" % len(keys)),
             ]
-            for key, value in zip(keys, values, strict=True):
-                try:
-                    produce(self.topic, value=value, key=key, headers=headers)
-                except BufferError:
-                    self.buffer_full += 1
-                    self._note("producer buffer full: the broker is not taking ticks")
-                    continue
-                self.produced += 1
-            poll(0)
+            produce(headers, keys, values)
+            self.producer.poll(0)
         self._stop.set()
         reporter.join()
         remaining = self.producer.flush(FLUSH_S)
@@ -152,11 +215,76 @@ class Child:
         with contextlib.suppress(BrokenPipeError):  # the server is gone: nobody to tell
             self.report(out, final=True)
 
+    def _find_partitions(self) -> None:
+        """The topic's partitions, which the step layout needs before its first message (a message to a
+        partition the topic lacks would fail). Steps wait in the pipe meanwhile; the server refuses
+        what would not fit in the buffer."""
+        from confluent_kafka import KafkaException
+
+        while True:
+            try:
+                self.partitions = ensure_topic(self.bootstrap, self.topic, self.partitions)
+                return
+            except KafkaException as exc:
+                self._note(f"cannot read the topic's partitions: {exc}")
+                time.sleep(1.0)
+
+    def produce_ticks(self, headers: list[tuple[str, str | bytes | None]], keys: list[str],
+                      values: list[bytes]) -> None:  # fmt: skip
+        produce = self.producer.produce
+        for key, value in zip(keys, values, strict=True):
+            try:
+                produce(self.topic, value=value, key=key, headers=headers)
+            except BufferError:
+                self.buffer_full += 1
+                self._note("producer buffer full: the broker is not taking ticks")
+                continue
+            self.produced += 1
+
+    def produce_step(self, headers: list[tuple[str, str | bytes | None]], keys: list[str],
+                     values: list[bytes]) -> None:  # fmt: skip
+        groups: dict[int, list[bytes]] = {}
+        parts, n_parts = self._parts, self.partitions
+        for key, value in zip(keys, values, strict=True):
+            p = parts.get(key)
+            if p is None:
+                p = parts[key] = partition_of(key, n_parts)
+            groups.setdefault(p, []).append(value)
+        for p, lines in groups.items():
+            n = len(lines)
+            try:
+                self.producer.produce(
+                    self.topic,
+                    value=b"\n".join(lines),
+                    partition=p,
+                    headers=[*headers, ("ticks", b"%d" % n)],
+                    on_delivery=self._delivered(n),
+                )
+            except BufferError:
+                self.buffer_full += n
+                self._note("producer buffer full: the broker is not taking ticks")
+                continue
+            with self._count_lock:
+                self.produced += n
+
+    def _delivered(self, n: int) -> Any:
+        def on_delivery(err: Any, msg: Any) -> None:
+            if err is not None:
+                self._note(f"delivery failed: {err.str()}", failed=n)
+            else:
+                with self._count_lock:
+                    self.confirmed += n
+
+        return on_delivery
+
 
 def main() -> None:
     logging.basicConfig(level=logging.WARNING, format="kafka-producer: %(levelname)s %(message)s")
     config = json.loads(sys.argv[1])
-    child = Child(config["bootstrap"], config["topic"], config["buffer_messages"], config["schema_version"])
+    child = Child(
+        config["bootstrap"], config["topic"], config["buffer_messages"], config["schema_version"],
+        KafkaMessages(config.get("messages", "tick")), config.get("partitions", 1),
+    )  # fmt: skip
     child.run(sys.stdin.buffer, sys.stdout.buffer)
 
 
