@@ -314,7 +314,7 @@ def main() -> None:
     p.add_argument("--warmup", type=float, default=2.0)
     p.add_argument("--procs", type=int, default=2, help="load-generator processes")
     p.add_argument("--no-stall", action="store_true", help="skip the one-stalled-client runs")
-    p.add_argument("--pairs", type=int, default=3, help="alternating runs without / with a stalled client")
+    p.add_argument("--pairs", type=int, default=4, help="alternating runs without / with a stalled client")
     p.add_argument("--edges", type=int, default=0, help="N edge processes behind an engine, over Kafka")
     p.add_argument("--quick", action="store_true", help="tiny configuration for the test suite")
     args = p.parse_args()
@@ -365,15 +365,20 @@ def main() -> None:
 def stalled_client_pairs(url: str, args: argparse.Namespace, n: int, base: Result | None) -> None:
     """Runs without and with one stalled client, alternating, on the same server: one pair's p99s
     differ by tens of percent from noise alone on two shared cores (and drift over a server's life),
-    so the change is the ratio of the medians over `--pairs` pairs, each pair printed as well."""
+    so the change is the ratio of the medians over `--pairs` pairs, each pair printed as well. Every
+    second pair runs the stalled client first, so that a drift between the first and the second run
+    of a pair does not count as the stalled client's doing."""
     timing = (args.procs, args.seconds, args.warmup)
     plain, stalled = [], []
-    for _ in range(args.pairs):
-        r = measure(url, args.transport, n, *timing)
+    for k in range(args.pairs):
+        order = (0, 1) if k % 2 == 0 else (1, 0)
+        runs = {stall: measure(url, args.transport, n, *timing, stall=stall) for stall in order}
+        r, s = runs[0], runs[1]
+        change = f"   p99 change {100 * (s.p99_ms / r.p99_ms - 1):+.0f}%"
+        first = "" if k % 2 == 0 else "   (stalled run first)"
         print(row("marketfeed", r, base))
-        s = measure(url, args.transport, n, *timing, stall=1)
         # No ratio: the stalled client's frames are not counted, so frames/s is of n - 1 clients.
-        print(row("marketfeed +1 stalled", s) + f"   p99 change {100 * (s.p99_ms / r.p99_ms - 1):+.0f}%")
+        print(row("marketfeed +1 stalled", s) + change + first)
         plain.append(r.p99_ms)
         stalled.append(s.p99_ms)
     before, after = float(np.median(plain)), float(np.median(stalled))

@@ -190,6 +190,7 @@ def test_an_edge_skips_and_counts_messages_that_are_not_ticks(
         (b"{not json", [*good]),
         (b"[1, 2]", [*good]),  # JSON, not a tick
         (batch(3).ticks[0].to_json() + b"\n{}", [*good, ("ticks", b"2")]),  # step layout, one bad line
+        (batch(3).ticks[1].to_json(), [*good, ("ticks", b"2")]),  # fewer lines than it says
         (b"{}", [("step", b"three"), ("batch-size", b"12")]),
     ]
 

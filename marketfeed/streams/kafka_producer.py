@@ -34,6 +34,7 @@ import sys
 import threading
 import time
 import zlib
+from collections.abc import Callable
 from enum import StrEnum
 from typing import Any, BinaryIO, NamedTuple
 
@@ -252,6 +253,8 @@ class Child:
             groups.setdefault(p, []).append(value)
         for p, lines in groups.items():
             n = len(lines)
+            with self._count_lock:  # counted first: the status thread's poll may confirm it at once
+                self.produced += n
             try:
                 self.producer.produce(
                     self.topic,
@@ -261,13 +264,12 @@ class Child:
                     on_delivery=self._delivered(n),
                 )
             except BufferError:
+                with self._count_lock:
+                    self.produced -= n
                 self.buffer_full += n
                 self._note("producer buffer full: the broker is not taking ticks")
-                continue
-            with self._count_lock:
-                self.produced += n
 
-    def _delivered(self, n: int) -> Any:
+    def _delivered(self, n: int) -> Callable[[Any, Any], None]:
         def on_delivery(err: Any, msg: Any) -> None:
             if err is not None:
                 self._note(f"delivery failed: {err.str()}", failed=n)
