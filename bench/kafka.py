@@ -109,7 +109,8 @@ def plain(bootstrap: str, batches: list[TickBatch], *, headers: bool = False) ->
                 except BufferError:
                     producer.poll(0.01)
         producer.poll(0)
-    producer.flush(60)
+    if producer.flush(60):  # what is left after the wait was not confirmed
+        raise RuntimeError("plain loop: ticks still unconfirmed after 60 s")
     rate = sum(len(b) for b in batches[1:]) / (time.perf_counter() - t0)
     del producer
     return rate
@@ -160,7 +161,8 @@ def plain_steps(bootstrap: str, batches: list[TickBatch]) -> float:
                 except BufferError:
                     producer.poll(0.01)
         producer.poll(0)
-    producer.flush(60)
+    if producer.flush(60):
+        raise RuntimeError("plain step loop: messages still unconfirmed after 60 s")
     total = sum(len(b) for b in rest)
     rate = total / (time.perf_counter() - t0)
     del producer
