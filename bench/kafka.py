@@ -84,7 +84,9 @@ async def through_bus(
     return (total - len(first)) / elapsed, lags
 
 
-def plain(bootstrap: str, batches: list[TickBatch], *, headers: bool = False) -> float:
+def connected_producer(bootstrap: str, first: TickBatch) -> tuple[Producer, str]:
+    """A plain producer with the bus's settings and a new topic, connected by producing `first` (the
+    bus's timing also starts once its first step is in)."""
     producer = Producer({"bootstrap.servers": bootstrap, "enable.idempotence": True, "acks": "all",
                          "linger.ms": 5, "batch.num.messages": 10_000, "compression.type": "lz4",
                          "queue.buffering.max.messages": 500_000})  # fmt: skip
@@ -92,9 +94,14 @@ def plain(bootstrap: str, batches: list[TickBatch], *, headers: bool = False) ->
     # The same six partitions as the bus's topic: more partitions, smaller batches, more requests.
     admin = AdminClient({"bootstrap.servers": bootstrap})
     admin.create_topics([NewTopic(topic, 6)])[topic].result(30)
-    for t, value in zip(batches[0].ticks, batches[0].encoded, strict=True):  # connected, as the bus is
+    for t, value in zip(first.ticks, first.encoded, strict=True):
         producer.produce(topic, value=value, key=t.symbol)
     producer.flush(30)
+    return producer, topic
+
+
+def plain(bootstrap: str, batches: list[TickBatch], *, headers: bool = False) -> float:
+    producer, topic = connected_producer(bootstrap, batches[0])
     t0 = time.perf_counter()
     for b in batches[1:]:
         # The bus's three headers per message (schema, step, batch size) nearly double produce()'s cost.
@@ -119,12 +126,8 @@ def plain(bootstrap: str, batches: list[TickBatch], *, headers: bool = False) ->
 def plain_steps(bootstrap: str, batches: list[TickBatch]) -> float:
     """The step layout's messages from a plain loop: each step's ticks grouped by partition, a message
     per group with the four headers, every delivery reported (to count the ticks confirmed)."""
-    producer = Producer({"bootstrap.servers": bootstrap, "enable.idempotence": True, "acks": "all",
-                         "linger.ms": 5, "batch.num.messages": 10_000, "compression.type": "lz4",
-                         "queue.buffering.max.messages": 500_000})  # fmt: skip
-    topic = f"plain-{uuid.uuid4().hex[:6]}"
-    admin = AdminClient({"bootstrap.servers": bootstrap})
-    admin.create_topics([NewTopic(topic, 6)])[topic].result(30)
+    first, rest = batches[0], batches[1:]
+    producer, topic = connected_producer(bootstrap, first)
     confirmed = 0
 
     def counter(n: int) -> Callable[[Any, Any], None]:
@@ -136,10 +139,6 @@ def plain_steps(bootstrap: str, batches: list[TickBatch]) -> float:
         return on_delivery
 
     parts: dict[str, int] = {}
-    first, rest = batches[0], batches[1:]
-    for t, value in zip(first.ticks, first.encoded, strict=True):  # connected, as the bus is
-        producer.produce(topic, value=value, key=t.symbol)
-    producer.flush(30)
     t0 = time.perf_counter()
     for b in rest:
         groups: dict[int, list[bytes]] = {}

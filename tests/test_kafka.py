@@ -9,6 +9,7 @@ import signal
 import time
 import uuid
 from collections import defaultdict
+from collections.abc import Awaitable, Callable
 from typing import NamedTuple
 
 import pytest
@@ -85,18 +86,17 @@ def assert_exactly_once(received: list[Received], steps: int, partitions: int) -
         assert seqs == list(range(1, steps + 1))  # in order within the symbol, no gap, no duplicate
 
 
+async def publish_50_steps(bus: KafkaBus) -> KafkaBus:
+    await bus.start()
+    for step in range(50):
+        await bus.publish(batch(step))
+    await bus.close()
+    return bus
+
+
 def test_every_tick_is_produced_keyed_with_headers(kafka: Kafka) -> None:
     topic = f"t-{uuid.uuid4().hex[:8]}"
-
-    async def produce() -> KafkaBus:
-        bus = KafkaBus(kafka.bootstrap, topic=topic, partitions=3)
-        await bus.start()
-        for step in range(50):
-            await bus.publish(batch(step))
-        await bus.close()
-        return bus
-
-    bus = asyncio.run(produce())
+    bus = asyncio.run(publish_50_steps(KafkaBus(kafka.bootstrap, topic=topic, partitions=3)))
     assert bus.metrics()["kafka_delivered_total"] == bus.metrics()["kafka_produced_total"] == 600
     received = consume_all(kafka, topic, 600)
     assert len(received) == 600
@@ -109,16 +109,8 @@ def test_every_tick_is_produced_keyed_with_headers(kafka: Kafka) -> None:
 
 def test_the_step_layout_carries_a_steps_ticks_in_a_message_per_partition(kafka: Kafka) -> None:
     topic = f"t-{uuid.uuid4().hex[:8]}"
-
-    async def produce() -> KafkaBus:
-        bus = KafkaBus(kafka.bootstrap, topic=topic, partitions=3, messages=KafkaMessages.STEP)
-        await bus.start()
-        for step in range(50):
-            await bus.publish(batch(step))
-        await bus.close()
-        return bus
-
-    bus = asyncio.run(produce())
+    bus = KafkaBus(kafka.bootstrap, topic=topic, partitions=3, messages=KafkaMessages.STEP)
+    asyncio.run(publish_50_steps(bus))
     metrics = bus.metrics()
     assert metrics["kafka_delivered_total"] == metrics["kafka_produced_total"] == 600
     assert metrics["kafka_in_flight"] == 0
@@ -144,35 +136,40 @@ def test_the_step_layout_carries_a_steps_ticks_in_a_message_per_partition(kafka:
     assert len(per_step) == 50
 
 
+async def through_an_edge(
+    kafka: Kafka, engine: KafkaBus, steps: int, before_step: Callable[[int], Awaitable[None]] | None = None
+) -> tuple[list[TickBatch], KafkaBus]:
+    """Publish `steps` steps from `engine` to an edge reading its topic from the end; what the edge
+    emitted, and the edge (for its counters)."""
+    edge = KafkaBus(kafka.bootstrap, topic=engine.topic)
+    await engine.start()
+    received: list[TickBatch] = []
+
+    async def listen() -> None:
+        async for b in edge.subscribe():
+            received.append(b)
+
+    listener = asyncio.create_task(listen())
+    await asyncio.sleep(3.0)  # the edge has its partitions, from the end
+    for step in range(steps):
+        if before_step is not None:
+            await before_step(step)
+        await engine.publish(batch(step))
+        await asyncio.sleep(0.01)
+    deadline = time.monotonic() + 20
+    while (not received or received[-1].step < steps - 1) and time.monotonic() < deadline:
+        await asyncio.sleep(0.1)
+    listener.cancel()
+    await asyncio.gather(listener, return_exceptions=True)
+    await engine.close()
+    await edge.close()
+    return received, edge
+
+
 @LAYOUTS
 def test_edges_regroup_whole_steps_in_order(kafka: Kafka, layout: KafkaMessages) -> None:
-    topic = f"t-{uuid.uuid4().hex[:8]}"
-
-    async def scenario() -> list[TickBatch]:
-        engine = KafkaBus(kafka.bootstrap, topic=topic, partitions=4, messages=layout)
-        edge = KafkaBus(kafka.bootstrap, topic=topic)
-        await engine.start()
-        received: list[TickBatch] = []
-
-        async def listen() -> None:
-            async for b in edge.subscribe():
-                received.append(b)
-
-        listener = asyncio.create_task(listen())
-        await asyncio.sleep(3.0)  # the edge has its partitions, from the end
-        for step in range(30):
-            await engine.publish(batch(step))
-            await asyncio.sleep(0.01)
-        deadline = time.monotonic() + 20
-        while (not received or received[-1].step < 29) and time.monotonic() < deadline:
-            await asyncio.sleep(0.1)
-        listener.cancel()
-        await asyncio.gather(listener, return_exceptions=True)
-        await engine.close()
-        await edge.close()
-        return received
-
-    received = asyncio.run(scenario())
+    engine = KafkaBus(kafka.bootstrap, topic=f"t-{uuid.uuid4().hex[:8]}", partitions=4, messages=layout)
+    received, _ = asyncio.run(through_an_edge(kafka, engine, 30))
     assert [b.step for b in received] == list(range(30))
     for b in received:
         assert [t.gseq for t in b.ticks] == [t.gseq for t in batch(b.step).ticks]
@@ -193,39 +190,18 @@ def test_an_edge_skips_and_counts_messages_that_are_not_ticks(
         (batch(3).ticks[1].to_json(), [*good, ("ticks", b"2")]),  # fewer lines than it says
         (b"{}", [("step", b"three"), ("batch-size", b"12")]),
     ]
+    other = Producer({"bootstrap.servers": kafka.bootstrap})
 
-    async def scenario() -> tuple[list[TickBatch], KafkaBus]:
-        engine = KafkaBus(kafka.bootstrap, topic=topic, partitions=2, messages=KafkaMessages.STEP)
-        edge = KafkaBus(kafka.bootstrap, topic=topic)
-        await engine.start()
-        received: list[TickBatch] = []
+    async def interleave(step: int) -> None:
+        if step == 4:  # between two steps, on both partitions
+            for partition in (0, 1):
+                for value, headers in foreign:
+                    other.produce(topic, value=value, partition=partition, headers=headers)
+            await asyncio.to_thread(other.flush, 10)
 
-        async def listen() -> None:
-            async for b in edge.subscribe():
-                received.append(b)
-
-        listener = asyncio.create_task(listen())
-        await asyncio.sleep(3.0)  # the edge has its partitions, from the end
-        other = Producer({"bootstrap.servers": kafka.bootstrap})
-        for step in range(8):
-            if step == 4:  # between two steps, on both partitions
-                for partition in (0, 1):
-                    for value, headers in foreign:
-                        other.produce(topic, value=value, partition=partition, headers=headers)
-                await asyncio.to_thread(other.flush, 10)
-            await engine.publish(batch(step))
-            await asyncio.sleep(0.05)
-        deadline = time.monotonic() + 20
-        while (not received or received[-1].step < 7) and time.monotonic() < deadline:
-            await asyncio.sleep(0.1)
-        listener.cancel()
-        await asyncio.gather(listener, return_exceptions=True)
-        await engine.close()
-        await edge.close()
-        return received, edge
-
+    engine = KafkaBus(kafka.bootstrap, topic=topic, partitions=2, messages=KafkaMessages.STEP)
     with caplog.at_level(logging.WARNING, logger="marketfeed.streams.kafka"):
-        received, edge = asyncio.run(scenario())
+        received, edge = asyncio.run(through_an_edge(kafka, engine, 8, interleave))
     assert [b.step for b in received] == list(range(8))  # every step whole, none lost to the garbage
     for b in received:
         assert [t.gseq for t in b.ticks] == [t.gseq for t in batch(b.step).ticks]
