@@ -105,6 +105,24 @@ def test_round_trip_dedup_pages_filters_and_state(dsn: str) -> None:
 
 
 @pytest.mark.integration
+def test_a_flush_stores_each_symbols_ticks_together_in_gseq_order(dsn: str) -> None:
+    async def body(store: PostgresHistory) -> None:
+        for step in range(30):  # the symbols interleaved, as the engine makes them
+            store.write(batch(step))
+        await store.flush()
+        conn = await asyncpg.connect(dsn)
+        try:  # the heap's order: what a read of one symbol's pages pays for
+            rows = await conn.fetch("SELECT symbol, seq FROM ticks ORDER BY ctid")
+        finally:
+            await conn.close()
+        assert [(r["symbol"], r["seq"]) for r in rows] == [(s, n) for s in SYMBOLS for n in range(1, 31)]
+        everything = [t for step in range(30) for t in batch(step).ticks]
+        assert await store.ticks(symbols=None, limit=1000) == everything  # still read in gseq order
+
+    run(dsn, body, flush_ms=60_000)  # one flush: the explicit one
+
+
+@pytest.mark.integration
 def test_time_ranges_and_candles_are_a_filter_of_the_ticks(dsn: str) -> None:
     async def body(store: PostgresHistory) -> None:
         await check_time_ranges(store, T0 - 60 * 60_000_000_000)
