@@ -83,19 +83,20 @@ PAGE_SIZE = 16384
 MINUTE_NS = 60_000_000_000
 # The minutes of the ticks with gseq in [?, ?], merged into those stored. Rows of that range written
 # earlier are counted again, which min and max absorb.
+# A minute already stored keeps the widest bounds: its first and last gseq merged with the new ones.
+_MERGE_MINUTE = """
+ON CONFLICT (symbol, minute) DO UPDATE SET
+    first_gseq = min(first_gseq, excluded.first_gseq), last_gseq = max(last_gseq, excluded.last_gseq)
+"""
 MINUTES_OF = f"""
 INSERT INTO tick_minutes (symbol, minute, first_gseq, last_gseq)
 SELECT symbol, ts / {MINUTE_NS}, min(gseq), max(gseq) FROM ticks WHERE gseq BETWEEN ? AND ? GROUP BY 1, 2
-ON CONFLICT (symbol, minute) DO UPDATE SET
-    first_gseq = min(first_gseq, excluded.first_gseq), last_gseq = max(last_gseq, excluded.last_gseq)
-"""
+{_MERGE_MINUTE}"""
 
 
-UPSERT_MINUTES = """
+UPSERT_MINUTES = f"""
 INSERT INTO tick_minutes (symbol, minute, first_gseq, last_gseq) VALUES (?, ?, ?, ?)
-ON CONFLICT (symbol, minute) DO UPDATE SET
-    first_gseq = min(first_gseq, excluded.first_gseq), last_gseq = max(last_gseq, excluded.last_gseq)
-"""
+{_MERGE_MINUTE}"""
 _symbol_gseq = operator.itemgetter(0, 2)
 _ts = operator.itemgetter(3)
 
@@ -159,12 +160,6 @@ EventRow = tuple[int, int, str, str]
 
 def event_row(record: Mapping[str, Any]) -> EventRow:
     return (int(record["ts"]), int(record["at_step"]), str(record["type"]), orjson.dumps(record).decode())
-
-
-def row_tick(r: Sequence[Any]) -> Tick:
-    return Tick(
-        symbol=r[0], seq=r[1], gseq=r[2], ts=r[3], price=r[4], bid=r[5], ask=r[6], size=r[7], vol=r[8]
-    )
 
 
 class SQLiteHistory:
@@ -356,7 +351,7 @@ class SQLiteHistory:
             where += ["ts >= :start AND ts < :end", within_minutes(symbol_cond)]
         sql = f"SELECT {COLUMNS} FROM ticks WHERE {' AND '.join(where)} ORDER BY gseq LIMIT :limit"
         rows = await self._query(sql, params)
-        return [row_tick(r) for r in rows]
+        return [Tick(*r) for r in rows]  # COLUMNS are Tick's fields in order (checked above)
 
     async def candles(
         self, *, symbol: str, interval: Interval, start_ns: int | None, end_ns: int | None, limit: int
