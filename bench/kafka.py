@@ -27,7 +27,7 @@ from confluent_kafka.admin import AdminClient
 from confluent_kafka.cimpl import NewTopic
 
 from marketfeed.streams.kafka import KafkaBus
-from marketfeed.streams.kafka_producer import KafkaMessages, partition_of
+from marketfeed.streams.kafka_producer import KafkaMessages, by_partition
 from marketfeed.ticks import Tick, TickBatch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
@@ -141,12 +141,7 @@ def plain_steps(bootstrap: str, batches: list[TickBatch]) -> float:
     parts: dict[str, int] = {}
     t0 = time.perf_counter()
     for b in rest:
-        groups: dict[int, list[bytes]] = {}
-        for t, value in zip(b.ticks, b.encoded, strict=True):
-            p = parts.get(t.symbol)
-            if p is None:
-                p = parts[t.symbol] = partition_of(t.symbol, 6)
-            groups.setdefault(p, []).append(value)
+        groups = by_partition((t.symbol for t in b.ticks), b.encoded, 6, parts)
         h: list[tuple[str, str | bytes | None]] = [
             ("schema-version", b"1"), ("step", b"%d" % b.step), ("batch-size", b"%d" % len(b))
         ]  # fmt: skip

@@ -360,9 +360,11 @@ def ticks_of(message: Message) -> tuple[int, int, list[tuple[Tick, bytes]]]:
     value = message.value() or b""
     try:
         step, size = int(headers["step"]), int(headers["batch-size"])
-        lines = value.split(b"\n") if "ticks" in headers else [value]  # the step layout: JSON lines
-        if "ticks" in headers and int(headers["ticks"]) != len(lines):
-            raise ValueError(f"{len(lines)} lines, header ticks = {headers['ticks']!r}")
+        lines = [value]
+        if "ticks" in headers:  # the step layout: the ticks as JSON lines
+            lines = value.split(b"\n")
+            if int(headers["ticks"]) != len(lines):
+                raise ValueError(f"{len(lines)} lines, header ticks = {headers['ticks']!r}")
         return step, size, [(Tick.from_json(line), line) for line in lines]
     except (KeyError, TypeError, ValueError) as exc:
         raise ValueError(f"not a marketfeed tick message ({type(exc).__name__}: {exc})") from exc

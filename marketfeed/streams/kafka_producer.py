@@ -34,7 +34,7 @@ import sys
 import threading
 import time
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from enum import StrEnum
 from typing import Any, BinaryIO, NamedTuple
 
@@ -57,6 +57,20 @@ class KafkaMessages(StrEnum):
 def partition_of(symbol: str, partitions: int) -> int:
     """The partition librdkafka's default partitioner gives this key: crc32(key) % partitions."""
     return zlib.crc32(symbol.encode()) % partitions
+
+
+def by_partition(
+    keys: Iterable[str], values: Iterable[bytes], partitions: int, known: dict[str, int]
+) -> dict[int, list[bytes]]:
+    """A step's values grouped by their key's partition (`partition_of`), in order within each;
+    `known` keeps each key's partition from one step to the next."""
+    groups: dict[int, list[bytes]] = {}
+    for key, value in zip(keys, values, strict=True):
+        p = known.get(key)
+        if p is None:
+            p = known[key] = partition_of(key, partitions)
+        groups.setdefault(p, []).append(value)
+    return groups
 
 
 def ensure_topic(bootstrap: str, topic: str, partitions: int) -> int:
@@ -244,14 +258,7 @@ class Child:
 
     def produce_step(self, headers: list[tuple[str, str | bytes | None]], keys: list[str],
                      values: list[bytes]) -> None:  # fmt: skip
-        groups: dict[int, list[bytes]] = {}
-        parts, n_parts = self._parts, self.partitions
-        for key, value in zip(keys, values, strict=True):
-            p = parts.get(key)
-            if p is None:
-                p = parts[key] = partition_of(key, n_parts)
-            groups.setdefault(p, []).append(value)
-        for p, lines in groups.items():
+        for p, lines in by_partition(keys, values, self.partitions, self._parts).items():
             n = len(lines)
             with self._count_lock:  # counted first: the status thread's poll may confirm it at once
                 self.produced += n
