@@ -226,6 +226,10 @@ def kafka_libs() -> Path | None:
     return found[-1].parent if found else None
 
 
+#: The topic Kafka.ready() produces to (auto-created, one partition).
+READY_TOPIC = "marketfeed-ready"
+
+
 class Kafka(Service):
     """A single-node KRaft broker and controller from the official jars on Maven Central."""
 
@@ -274,15 +278,29 @@ class Kafka(Service):
         ]  # fmt: skip
 
     def ready(self) -> bool:
+        """Metadata answers, and an idempotent producer (as the bus's) has a message confirmed. A broker
+        just started answers metadata while its coordinator still loads, and until then an idempotent
+        producer gets no producer id ("Coordinator load in progress"): a server stopped in that window
+        spent its whole shutdown flush waiting for it (tests/test_end_to_end.py, once)."""
         if not port_open(self.port):
             return False
+        from confluent_kafka import KafkaError, Message, Producer
         from confluent_kafka.admin import AdminClient
 
         try:
             AdminClient({"bootstrap.servers": self.bootstrap}).list_topics(timeout=2)
         except Exception:
             return False
-        return True
+        confirmed: list[bool] = []
+
+        def on_delivery(err: KafkaError | None, msg: Message) -> None:
+            confirmed.append(err is None)
+
+        producer = Producer({"bootstrap.servers": self.bootstrap, "enable.idempotence": True, "acks": "all",
+                             "message.timeout.ms": 5000})  # fmt: skip
+        producer.produce(READY_TOPIC, value=b"ready", on_delivery=on_delivery)
+        producer.flush(6)
+        return confirmed == [True]
 
 
 # --- fixtures --------------------------------------------------------------------------------------------
