@@ -125,6 +125,40 @@ def test_an_assets_path_does_not_depend_on_the_others() -> None:
     assert np.array_equal(alone.prices, among.prices[:, :7])
 
 
+def factor_universe(k: int, loaded: int) -> Universe:
+    """40 assets on k independent factors, loading on the first `loaded` of them. Every beta and
+    weight is a multiple of 1/4 and the correlation is the identity, so the loadings and factor shocks
+    derived from them are exact whatever k is."""
+    template = Universe.default().assets[0]
+    assets = tuple(
+        dataclasses.replace(
+            template,
+            symbol=f"A{i}",
+            betas=tuple(0.25 * ((i + j) % 3) if j < loaded else 0.0 for j in range(k)),
+            idio_vol=0.5,
+        )
+        for i in range(40)
+    )
+    identity = tuple(tuple(1.0 if i == j else 0.0 for j in range(k)) for i in range(k))
+    return Universe(factors=tuple(f"f{j}" for j in range(k)), correlation=identity, assets=assets)
+
+
+@pytest.mark.parametrize("scheme", [Scheme.QE, Scheme.EULER])
+@pytest.mark.parametrize("k", range(1, 10))
+def test_a_factor_nobody_loads_on_changes_no_bit(k: int, scheme: Scheme) -> None:
+    # The exposure a_i . f is summed in one pass for each count up to eight factors and a pass per
+    # factor beyond (csrc/engine.hpp, exposure): k and k + 1 factors chain every count to the next,
+    # and nine and ten go the general way.
+    a = Simulator(factor_universe(k, k), dt=DT, seed=6, scheme=scheme).paths(50)
+    b = Simulator(factor_universe(k + 1, k), dt=DT, seed=6, scheme=scheme).paths(50)
+    assert np.array_equal(a.prices, b.prices)
+    assert np.array_equal(a.variances, b.variances)
+    # The factors are not idle: the same assets on one factor fewer move differently.
+    if k > 1:
+        c = Simulator(factor_universe(k, k - 1), dt=DT, seed=6, scheme=scheme).paths(50)
+        assert not np.array_equal(a.prices, c.prices)
+
+
 def test_one_shared_rough_kernel_gives_the_per_asset_kernels_bits() -> None:
     # When every asset has the same Hurst exponent, the lifted scheme keeps one kernel for all of them
     # (a faster loop); one asset with another exponent sends the universe down the per-asset loop.
