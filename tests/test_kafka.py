@@ -86,6 +86,12 @@ def assert_exactly_once(received: list[Received], steps: int, partitions: int) -
         assert seqs == list(range(1, steps + 1))  # in order within the symbol, no gap, no duplicate
 
 
+async def wait_delivered(bus: KafkaBus, count: int) -> None:
+    deadline = time.monotonic() + 30
+    while bus.metrics()["kafka_delivered_total"] < count and time.monotonic() < deadline:
+        await asyncio.sleep(0.05)
+
+
 async def publish_50_steps(bus: KafkaBus) -> KafkaBus:
     await bus.start()
     for step in range(50):
@@ -250,11 +256,6 @@ def test_a_killed_producer_process_is_replaced_and_every_tick_accounted_for(
     topic = f"t-{uuid.uuid4().hex[:8]}"
     n = len(SYMBOLS)
 
-    async def wait_delivered(bus: KafkaBus, count: int) -> None:
-        deadline = time.monotonic() + 30
-        while bus.metrics()["kafka_delivered_total"] < count and time.monotonic() < deadline:
-            await asyncio.sleep(0.05)
-
     async def scenario() -> tuple[KafkaBus, int, int | None, Status]:
         bus = KafkaBus(kafka.bootstrap, topic=topic, partitions=3, messages=layout)
         await bus.start()
@@ -286,6 +287,32 @@ def test_a_killed_producer_process_is_replaced_and_every_tick_accounted_for(
     received = consume_all(kafka, topic, 40 * n)
     assert len(received) == 40 * n
     assert_exactly_once(received, 40, 3)
+
+
+def thread_nice_values(pid: int) -> list[int]:
+    """The niceness of each of a process's threads (field 19 of /proc/PID/task/TID/stat)."""
+    values = []
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        with open(f"/proc/{pid}/task/{tid}/stat") as f:
+            values.append(int(f.read().rsplit(")", 1)[1].split()[16]))
+    return values
+
+
+def test_the_producer_process_and_its_threads_run_nicer_than_the_server(kafka: Kafka) -> None:
+    # Throughput work beside a latency-bound event loop: on a busy machine it must yield the core.
+    async def scenario() -> list[int]:
+        bus = KafkaBus(kafka.bootstrap, topic=f"n-{uuid.uuid4().hex[:8]}", partitions=2)
+        await bus.start()
+        await bus.publish(batch(0))
+        await wait_delivered(bus, len(SYMBOLS))  # connected: librdkafka's threads are all up
+        assert bus.producer_pid is not None
+        values = thread_nice_values(bus.producer_pid)
+        await bus.close()
+        return values
+
+    values = asyncio.run(scenario())
+    assert len(values) > 3  # the main thread, the status thread and librdkafka's
+    assert set(values) == {min(19, os.getpriority(os.PRIO_PROCESS, 0) + kafka_bus.PRODUCER_NICE)}
 
 
 def test_a_producer_process_that_cannot_start_is_retried_with_backoff(

@@ -11,7 +11,9 @@ to its stdin and reads its counters from its stdout:
 
 Frames, both ways: a 4-byte big-endian length, then a pickle. To the child: (step, keys, values) for
 one engine step; the end of its stdin (the server closing it, or dying) asks it to flush and exit.
-From the child: a `Status` as a tuple, the last one with `final` set.
+From the child: a `Status` as a tuple, the last one with `final` set. The child first makes itself
+`nice` (from CONFIG: kafka.PRODUCER_NICE) so that, on a busy machine, the server's event loop gets
+the core before this throughput work.
 
 Two message layouts (`KafkaMessages`), both counted in ticks:
 - `tick` (the default): a message per tick, key = symbol, value = the tick's JSON. librdkafka puts a
@@ -28,6 +30,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import os
 import pickle
 import struct
 import sys
@@ -290,6 +293,8 @@ class Child:
 def main() -> None:
     logging.basicConfig(level=logging.WARNING, format="kafka-producer: %(levelname)s %(message)s")
     config = json.loads(sys.argv[1])
+    # Before librdkafka starts its threads, which inherit it (Linux keeps a niceness per thread).
+    os.nice(int(config.get("nice", 0)))
     child = Child(
         config["bootstrap"], config["topic"], config["buffer_messages"], config["schema_version"],
         KafkaMessages(config.get("messages", "tick")), config.get("partitions", 1),
