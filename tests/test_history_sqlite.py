@@ -7,7 +7,15 @@ from pathlib import Path
 
 from history_cases import MINUTE, check_queries, check_time_ranges, path
 
-from marketfeed.history.sqlite import PAGE_SIZE, SCHEMA, SQLiteHistory, minute_bounds
+from marketfeed.history.sqlite import (
+    COLUMNS,
+    PAGE_SIZE,
+    ROWS_PER_INSERT,
+    SCHEMA,
+    SQLiteHistory,
+    minute_bounds,
+    statement_sizes,
+)
 from marketfeed.ticks import Tick, TickBatch
 
 T0 = (time.time_ns() // 60_000_000_000 - 60) * 60_000_000_000  # an hour ago, on a minute
@@ -118,3 +126,34 @@ def test_a_new_file_gets_the_larger_pages_and_keeps_them(tmp_path: Path) -> None
     assert conn.execute("PRAGMA page_size").fetchone()[0] == PAGE_SIZE
     assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     conn.close()
+
+
+def test_a_flush_of_any_size_goes_in_a_few_statements_and_whole(tmp_path: Path) -> None:
+    sizes = (1, 2, 3, 437, 2047, 2048, 2049, 2999, 3000, 3001, 6001)
+    for n in (0, *sizes):
+        parts = statement_sizes(n)
+        assert sum(parts) == n
+        assert len(parts) <= n // ROWS_PER_INSERT + 12
+        assert set(parts) <= {ROWS_PER_INSERT, *(1 << b for b in range(12))}
+    written: list[Tick] = []
+
+    async def scenario() -> None:
+        store = SQLiteHistory(tmp_path / "h.sqlite3", flush_ms=10_000)
+        await store.start()
+        try:
+            for step, n in enumerate(sizes):  # a flush each, of that many rows
+                first = len(written) + 1
+                ticks = [
+                    Tick(f"S{i}", step + 1, first + i, T0 + step, 100.0 + i / 100, 99.5, 101.25, i, 0.2)
+                    for i in range(n)
+                ]
+                written.extend(ticks)
+                store.write(TickBatch(step=step, ticks=ticks))
+                await store.flush()
+        finally:
+            await store.close()
+
+    asyncio.run(scenario())
+    with sqlite3.connect(tmp_path / "h.sqlite3") as conn:
+        stored = conn.execute(f"SELECT {COLUMNS} FROM ticks ORDER BY gseq").fetchall()
+    assert stored == [tuple(t) for t in written]
