@@ -4,9 +4,13 @@
     .venv/bin/python bench/fanout.py --transport sse
     .venv/bin/python bench/fanout.py --quick              # a tiny run (the test suite uses it)
     .venv/bin/python bench/fanout.py --edges 2            # engine + 2 edge processes over Kafka
+    .venv/bin/python bench/fanout.py --sets 10            # clients on 10 overlapping symbol sets
 
 The server runs the real engine with a universe of `--symbols` symbols at `--rate` steps a second, so
-every client subscribed to everything receives one frame of `--symbols` ticks per step. Latency is
+every client subscribed to everything receives one frame of `--symbols` ticks per step. With `--sets K`
+the universe is larger and client i subscribes to set i % K: `--symbols` symbols each, every set
+overlapping the next by half, so the server filters each step and encodes a frame per set, and every
+client still gets a frame of `--symbols` ticks per step. Latency is
 engine-to-client: the receive time minus the tick's own `ts`. The baseline (bench/bare_server.py) is
 the least a server can do: one shared pre-encoded frame per step and one send per client. The load
 generator runs in `--procs` client processes on the same machine, so both servers share the cores
@@ -68,20 +72,43 @@ def universe_file(n: int, directory: Path) -> Path:
 # server, so each received frame must cost it as little as possible. It reads the WebSocket frame
 # header, counts ticks with bytes.count and reads the first tick's `ts`, nothing more.
 
-SUBSCRIBE = b'{"action":"subscribe","symbols":["*"]}'
+
+def symbol_sets(symbols: int, sets: int) -> list[list[str]] | None:
+    """`sets` sets of `symbols` symbols, each overlapping the next by half; None for one set: all."""
+    if sets <= 1:
+        return None
+    half = max(1, symbols // 2)
+    return [[f"S{i:03d}" for i in range(k * half, k * half + symbols)] for k in range(sets)]
+
+
+def universe_size(symbols: int, sets: int) -> int:
+    return symbols if sets <= 1 else max(1, symbols // 2) * (sets - 1) + symbols
+
+
+def subscribe_message(symbols: list[str] | None) -> bytes:
+    return json.dumps({"action": "subscribe", "symbols": symbols or ["*"]}, separators=(",", ":")).encode()
 
 
 def masked_text_frame(payload: bytes) -> bytes:
+    if len(payload) >= 65536:
+        raise ValueError("subscribe message too long for this load generator")
     mask = os.urandom(4)
     body = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
-    return bytes([0x81, 0x80 | len(payload)]) + mask + body  # short payloads only (< 126 bytes)
+    n = len(payload)
+    length = bytes([0x80 | n]) if n < 126 else bytes([0x80 | 126]) + n.to_bytes(2, "big")
+    return bytes([0x81]) + length + mask + body
 
 
 class Probe(asyncio.Protocol):
     """Counts frames and ticks and samples latency from the bytes as they arrive."""
 
-    def __init__(self, path: str, port: int, transport_kind: str, warmup: float, stall: bool) -> None:
+    def __init__(
+        self, path: str, port: int, transport_kind: str, warmup: float, stall: bool, symbols: list[str] | None
+    ) -> None:
         self.kind = transport_kind
+        self.subscribe = subscribe_message(symbols)
+        if transport_kind == "sse" and symbols:
+            path += "?symbols=" + ",".join(symbols)
         self.request = (
             f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
             + (
@@ -120,7 +147,7 @@ class Probe(asyncio.Protocol):
             data = bytes(self.buf[end + 4 :])
             self.buf.clear()
             if self.kind == "ws":
-                self.transport.write(masked_text_frame(SUBSCRIBE))
+                self.transport.write(masked_text_frame(self.subscribe))
             if self.stall:
                 self.transport.pause_reading()
                 return
@@ -156,13 +183,15 @@ class Probe(asyncio.Protocol):
         self.lat.append((now - int(payload[i : payload.index(b",", i)])) / 1e6)
 
 
-async def probe(url: str, kind: str, until: float, warmup: float, out: list[Any], stall: bool) -> None:
+async def probe(
+    url: str, kind: str, until: float, warmup: float, out: list[Any], stall: bool, symbols: list[str] | None
+) -> None:
     rest = url.split("//", 1)[1]
     hostport, path = rest.split("/", 1)
     port = int(hostport.split(":")[1])
     loop = asyncio.get_running_loop()
     transport, proto = await loop.create_connection(
-        lambda: Probe("/" + path, port, kind, warmup, stall), "127.0.0.1", port
+        lambda: Probe("/" + path, port, kind, warmup, stall, symbols), "127.0.0.1", port
     )
     with contextlib.suppress(TimeoutError):
         await asyncio.wait_for(asyncio.shield(proto.closed), max(0.0, until - time.time()))
@@ -172,7 +201,16 @@ async def probe(url: str, kind: str, until: float, warmup: float, out: list[Any]
 
 
 def load_process(
-    url: str, transport: str, n: int, start: float, seconds: float, warmup: float, stall: int, queue: Any
+    url: str,
+    transport: str,
+    n: int,
+    start: float,
+    seconds: float,
+    warmup: float,
+    stall: int,
+    sets: list[list[str]] | None,
+    first: int,
+    queue: Any,
 ) -> None:
     raise_fd_limit()
 
@@ -181,7 +219,18 @@ def load_process(
         until = start + warmup + seconds
         await asyncio.sleep(max(0.0, start - 1.0 - time.time()))
         await asyncio.gather(
-            *(probe(url, transport, until, start + warmup, out, i < stall) for i in range(n))
+            *(
+                probe(
+                    url,
+                    transport,
+                    until,
+                    start + warmup,
+                    out,
+                    i < stall,
+                    sets[(first + i) % len(sets)] if sets else None,
+                )
+                for i in range(n)
+            )
         )
         return out
 
@@ -210,16 +259,29 @@ def measure(
     seconds: float,
     warmup: float,
     stall: int = 0,
+    sets: list[list[str]] | None = None,
 ) -> Result:
     urls = [url] if isinstance(url, str) else url  # load process i talks to urls[i % len(urls)]
     ctx = mp.get_context("spawn")
     queue = ctx.Queue()
     start = time.time() + 1.0 + clients / 500  # time for every process to connect its clients
     per = [clients // procs + (1 if i < clients % procs else 0) for i in range(procs)]
+    firsts = [sum(per[:i]) for i in range(procs)]  # client numbers, for their symbol sets
     workers = [
         ctx.Process(
             target=load_process,
-            args=(urls[i % len(urls)], transport, n, start, seconds, warmup, stall if i == 0 else 0, queue),
+            args=(
+                urls[i % len(urls)],
+                transport,
+                n,
+                start,
+                seconds,
+                warmup,
+                stall if i == 0 else 0,
+                sets,
+                firsts[i],
+                queue,
+            ),
         )
         for i, n in enumerate(per)
         if n
@@ -269,7 +331,7 @@ def marketfeed_server(
         | {
             "MARKETFEED_PORT": str(port),
             "MARKETFEED_TICK_RATE": str(args.rate),
-            "MARKETFEED_UNIVERSE": str(universe_file(args.symbols, workdir)),
+            "MARKETFEED_UNIVERSE": str(universe_file(universe_size(args.symbols, args.sets), workdir)),
             "MARKETFEED_HISTORY_PATH": str(workdir / f"history-{port}.sqlite3"),
             "MARKETFEED_MAX_CONNECTIONS_PER_IP": "100000",
             "MARKETFEED_SLOW_CLIENT_SECONDS": "5",
@@ -316,6 +378,7 @@ def main() -> None:
     p.add_argument("--no-stall", action="store_true", help="skip the one-stalled-client runs")
     p.add_argument("--pairs", type=int, default=4, help="alternating runs without / with a stalled client")
     p.add_argument("--edges", type=int, default=0, help="N edge processes behind an engine, over Kafka")
+    p.add_argument("--sets", type=int, default=1, help="symbol sets the clients subscribe to (1: all)")
     p.add_argument("--quick", action="store_true", help="tiny configuration for the test suite")
     args = p.parse_args()
     if args.quick:
@@ -333,6 +396,12 @@ def main() -> None:
     print(
         f"fan-out over {args.transport}: {args.symbols} ticks per frame, {args.rate:g} frames/s per client, "
         f"{args.procs} load processes, {os.cpu_count()} cores"
+        + (
+            f"; {args.sets} symbol sets of {args.symbols} in a universe of "
+            f"{universe_size(args.symbols, args.sets)}, client i on set i % {args.sets}"
+            if args.sets > 1
+            else "; every client on all symbols"
+        )
     )
     print(
         f"{'server':<22}{'clients':>8}{'frames/s':>12}{'ticks/s':>14}{'p50 ms':>10}{'p99 ms':>10}{'ratio':>8}"
@@ -355,7 +424,8 @@ def main() -> None:
             timing = (args.procs, args.seconds, args.warmup)
             try:
                 if args.no_stall:
-                    print(row("marketfeed", measure(url, args.transport, n, *timing), base))
+                    r = measure(url, args.transport, n, *timing, sets=symbol_sets(args.symbols, args.sets))
+                    print(row("marketfeed", r, base))
                 else:
                     stalled_client_pairs(url, args, n, base)
             finally:
@@ -372,7 +442,8 @@ def stalled_client_pairs(url: str, args: argparse.Namespace, n: int, base: Resul
     plain, stalled = [], []
     for k in range(args.pairs):
         order = (0, 1) if k % 2 == 0 else (1, 0)
-        runs = {stall: measure(url, args.transport, n, *timing, stall=stall) for stall in order}
+        sets = symbol_sets(args.symbols, args.sets)
+        runs = {stall: measure(url, args.transport, n, *timing, stall=stall, sets=sets) for stall in order}
         r, s = runs[0], runs[1]
         change = f"   p99 change {100 * (s.p99_ms / r.p99_ms - 1):+.0f}%"
         first = "" if k % 2 == 0 else "   (stalled run first)"
@@ -412,7 +483,15 @@ def scale_out(args: argparse.Namespace, counts: list[int]) -> None:
                 urls.append(ws_url if args.transport == "ws" else sse_url)
             procs = max(args.procs, args.edges)
             for n in counts:
-                r = measure(urls, args.transport, n, procs, args.seconds, args.warmup)
+                r = measure(
+                    urls,
+                    args.transport,
+                    n,
+                    procs,
+                    args.seconds,
+                    args.warmup,
+                    sets=symbol_sets(args.symbols, args.sets),
+                )
                 print(row(f"engine + {args.edges} edges", r))
     finally:
         for server in servers:

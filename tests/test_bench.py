@@ -19,6 +19,8 @@ BENCH = Path(__file__).resolve().parent.parent / "bench"
         ("engine.py", "vs NumPy"),
         ("fanout.py", "marketfeed"),
         ("fanout.py --edges 2", "engine + 2 edges"),
+        ("fanout.py --sets 3 --transport sse", "3 symbol sets"),  # each client on a symbol list
+        ("fanout.py --sets 3", "3 symbol sets"),
         ("ingest.py", "10,000-tick page"),
         ("kafka.py", "KafkaBus"),
     ],
