@@ -348,9 +348,9 @@ class Engine {
   }
 
   // The factor exposure a_i . f of assets [b, b + m) into w, from the loadings of asset b (factor k's
-  // row N further on). Up to eight factors in one pass with the sum in a register: a pass per factor
-  // stored and reloaded w each time (Euler +6 %, QE-M +3-5 %; docs/performance.md). More factors take
-  // a pass each. Both are fused(a_k, f_k, .) from 0 in factor order, so the same bits.
+  // row N further on). Up to eight factors: one pass, the sum in a register (a pass per factor, which
+  // stored and reloaded w each time, made Euler 6-9 % and QE-M 3-6 % slower; docs/performance.md).
+  // More factors: a pass each. Both are fused(a_k, f_k, .) from 0 in factor order, so the same bits.
   template <std::size_t K>
   MF_INLINE static void exposure_of(const double* a, std::size_t N, const double* f, double* __restrict w,
                                     std::size_t m) {
