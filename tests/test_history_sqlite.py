@@ -156,4 +156,11 @@ def test_a_flush_of_any_size_goes_in_a_few_statements_and_whole(tmp_path: Path) 
     asyncio.run(scenario())
     with sqlite3.connect(tmp_path / "h.sqlite3") as conn:
         stored = conn.execute(f"SELECT {COLUMNS} FROM ticks ORDER BY gseq").fetchall()
+        minutes = conn.execute("SELECT symbol, minute, first_gseq, last_gseq FROM tick_minutes").fetchall()
     assert stored == [tuple(t) for t in written]
+    # Each symbol's minute, merged over the flushes that held it (up to 6,001 rows an upsert).
+    bounds: dict[tuple[str, int], tuple[int, int]] = {}
+    for t in written:
+        lo, hi = bounds.get((t.symbol, t.ts // MINUTE), (t.gseq, t.gseq))
+        bounds[t.symbol, t.ts // MINUTE] = (min(lo, t.gseq), max(hi, t.gseq))
+    assert sorted(minutes) == sorted((s, m, lo, hi) for (s, m), (lo, hi) in bounds.items())
