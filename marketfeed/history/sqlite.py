@@ -95,9 +95,13 @@ SELECT symbol, ts / {MINUTE_NS}, min(gseq), max(gseq) FROM ticks WHERE gseq BETW
 {_MERGE_MINUTE}"""
 
 
-UPSERT_MINUTES = f"""
-INSERT INTO tick_minutes (symbol, minute, first_gseq, last_gseq) VALUES (?, ?, ?, ?)
-{_MERGE_MINUTE}"""
+@functools.cache
+def upsert_minutes(n: int) -> str:
+    """One upsert of n (symbol, minute, first gseq, last gseq) rows, each merged into what is stored."""
+    values = ", ".join(["(?, ?, ?, ?)"] * n)
+    return f"INSERT INTO tick_minutes (symbol, minute, first_gseq, last_gseq) VALUES {values} {_MERGE_MINUTE}"
+
+
 _symbol_gseq = operator.itemgetter(0, 2)
 _ts = operator.itemgetter(3)
 
@@ -319,8 +323,12 @@ class SQLiteHistory:
                 values = tuple(itertools.chain.from_iterable(rows[start : start + size]))
                 conn.execute(insert_rows(size), values)
                 start += size
-            if minutes is not None:
-                conn.executemany(UPSERT_MINUTES, minutes)
+            if minutes is not None:  # a row per symbol-minute: in a few statements too
+                start = 0
+                for size in statement_sizes(len(minutes)):
+                    values = tuple(itertools.chain.from_iterable(minutes[start : start + size]))
+                    conn.execute(upsert_minutes(size), values)
+                    start += size
             elif rows:
                 conn.execute(MINUTES_OF, (min(r[2] for r in rows), max(r[2] for r in rows)))
             if state is not None:
