@@ -440,9 +440,9 @@ def stalled_client_pairs(url: str, args: argparse.Namespace, n: int, base: Resul
     of a pair does not count as the stalled client's doing."""
     timing = (args.procs, args.seconds, args.warmup)
     plain, stalled = [], []
+    sets = symbol_sets(args.symbols, args.sets)
     for k in range(args.pairs):
         order = (0, 1) if k % 2 == 0 else (1, 0)
-        sets = symbol_sets(args.symbols, args.sets)
         runs = {stall: measure(url, args.transport, n, *timing, stall=stall, sets=sets) for stall in order}
         r, s = runs[0], runs[1]
         change = f"   p99 change {100 * (s.p99_ms / r.p99_ms - 1):+.0f}%"

@@ -15,7 +15,7 @@ import operator
 import sqlite3
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -173,6 +173,16 @@ def statement_sizes(n: int) -> list[int]:
     return sizes + [1 << b for b in range(rest.bit_length() - 1, -1, -1) if rest >> b & 1]
 
 
+def execute_in_statements(
+    conn: sqlite3.Connection, statement: Callable[[int], str], rows: Sequence[Sequence[Any]]
+) -> None:
+    """`rows` through `statement(n)`, a statement of n rows, in the sizes of statement_sizes."""
+    start = 0
+    for size in statement_sizes(len(rows)):
+        conn.execute(statement(size), tuple(itertools.chain.from_iterable(rows[start : start + size])))
+        start += size
+
+
 # A tick is its own row: its fields are the table's columns, in order, so the writer binds the ticks
 # themselves (building a tuple per row was a tenth of the writer's time).
 if Tick._fields != tuple(COLUMNS.split(", ")):
@@ -318,17 +328,9 @@ class SQLiteHistory:
         conn.execute("BEGIN")
         try:
             conn.executemany("INSERT INTO events (ts, at_step, type, record) VALUES (?,?,?,?)", events)
-            start = 0
-            for size in statement_sizes(len(rows)):
-                values = tuple(itertools.chain.from_iterable(rows[start : start + size]))
-                conn.execute(insert_rows(size), values)
-                start += size
+            execute_in_statements(conn, insert_rows, rows)
             if minutes is not None:  # a row per symbol-minute: in a few statements too
-                start = 0
-                for size in statement_sizes(len(minutes)):
-                    values = tuple(itertools.chain.from_iterable(minutes[start : start + size]))
-                    conn.execute(upsert_minutes(size), values)
-                    start += size
+                execute_in_statements(conn, upsert_minutes, minutes)
             elif rows:
                 conn.execute(MINUTES_OF, (min(r[2] for r in rows), max(r[2] for r in rows)))
             if state is not None:
