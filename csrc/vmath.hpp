@@ -56,12 +56,16 @@ MF_INLINE double vexp(double x) {
 // log(x) for positive normal x, relative error ~1e-16.
 MF_INLINE double vlog(double x) {
   const std::uint64_t bits = std::bit_cast<std::uint64_t>(x);
-  std::int64_t e = static_cast<std::int64_t>(bits >> 52) - 1023;
+  // The exponent as a double, exactly: its 11 bits placed in the low mantissa bits of 2^52 give
+  // 2^52 + biased exponent. Not static_cast<double>(int64): AVX2 has no vector conversion from 64-bit
+  // integers (AVX-512DQ added one), so that cast kept every loop calling vlog scalar on AVX2 CPUs.
+  constexpr double two52 = 0x1p52;
+  double e = std::bit_cast<double>((bits >> 52) | std::bit_cast<std::uint64_t>(two52)) - two52 - 1023.0;
   double m = std::bit_cast<double>((bits & 0x000FFFFFFFFFFFFFull) | 0x3FF0000000000000ull);  // [1, 2)
   // Centre the mantissa on 1 so that |s| <= 0.1716 below.
   const bool big = m > 1.4142135623730951;
   m = big ? 0.5 * m : m;
-  e = big ? e + 1 : e;
+  e = big ? e + 1.0 : e;
   const double s = (m - 1.0) / (m + 1.0);
   const double s2 = s * s;
   // log(m) = 2 atanh(s) = 2 (s + s^3/3 + ...); ten terms leave an error below 1e-17.
@@ -69,7 +73,7 @@ MF_INLINE double vlog(double x) {
       1.0 / 19.0, 1.0 / 17.0, 1.0 / 15.0, 1.0 / 13.0, 1.0 / 11.0, 1.0 / 9.0, 1.0 / 7.0, 1.0 / 5.0,
       1.0 / 3.0, 1.0};
   const double p = horner(s2, kP);
-  return static_cast<double>(e) * 0.6931471805599453 + 2.0 * s * p;
+  return e * 0.6931471805599453 + 2.0 * s * p;
 }
 
 // Single-precision log for positive normal x, relative error ~1e-7 (used by the normal transform).
