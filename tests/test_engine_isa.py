@@ -8,7 +8,7 @@ never lets the compiler contract a * b + c where the CPU happens to have FMA (CM
 
 It also checks that the hot loops vectorise for AVX2 wherever they do for AVX-512: a loop GCC leaves
 scalar computes the same bits, so only the compiler's own report shows it (one did, for a conversion
-AVX2 lacks, and QE ran at a third of its speed on AVX2 CPUs).
+AVX2 lacks, and QE ran at 35-45% of its speed on AVX2 CPUs).
 """
 
 from __future__ import annotations
@@ -115,8 +115,10 @@ def vectorised_loops(march: str, directory: Path, root: Path = ROOT) -> set[str]
 
 
 def test_the_loops_that_vectorise_for_avx512_vectorise_for_avx2(tmp_path: Path) -> None:
-    if shutil.which("g++") is None or not _engine.cpu_level:
-        pytest.fail("g++ on x86-64 is needed to compile the engine (make setup installs the rest)")
+    if not _engine.cpu_level:
+        return  # not x86-64 with GCC: no x86-64 levels to compare (as variants() builds none)
+    if shutil.which("g++") is None:
+        pytest.fail("g++ is needed to compile the engine (make setup installs the rest)")
     avx512 = vectorised_loops("x86-64-v4", tmp_path)
     avx2 = vectorised_loops("x86-64-v3", tmp_path)
     assert len(avx512) >= 15  # the report was read: the block loops are all there
