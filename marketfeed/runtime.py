@@ -12,7 +12,7 @@ import logging
 import resource
 import time
 from collections import deque
-from collections.abc import Callable, Coroutine
+from collections.abc import AsyncIterator, Callable, Coroutine
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
@@ -33,6 +33,22 @@ from marketfeed.streams.quotes import QuoteCache
 from marketfeed.ticks import TickBatch
 
 log = logging.getLogger(__name__)
+
+
+#: A shutdown phase slower than this is logged as a warning, with how long it took.
+SLOW_SHUTDOWN_S = 1.0
+#: How long shutdown gives the quote cache, in all, for the updates still queued.
+DRAIN_S = 2.0
+
+
+@contextlib.asynccontextmanager
+async def _timed(phase: str) -> AsyncIterator[None]:
+    t0 = time.monotonic()
+    try:
+        yield
+    finally:
+        if (took := time.monotonic() - t0) > SLOW_SHUTDOWN_S:
+            log.warning("shutdown: %s took %.1f s", phase, took)
 
 
 def quiet_garbage_collector() -> None:
@@ -172,25 +188,31 @@ class Runtime:
             log.error("background task %s failed", task.get_name(), exc_info=task.exception())
 
     async def close(self) -> None:
-        """Stop producing, tell clients, then flush every backend (history last: it holds the most)."""
+        """Stop producing, tell clients, then flush every backend (history last: it holds the most).
+
+        A phase slower than SLOW_SHUTDOWN_S is logged as a warning, so a stop that takes long says
+        where its time went (a broker slow to confirm, a database slow to take the last batch)."""
         self.shutdown.set()
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+        async with _timed("stopping the background tasks"):
+            for task in self._tasks:
+                task.cancel()
+            for task in self._tasks:
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
         self._tasks.clear()
         while self._commands:  # their requests would otherwise wait for a step that never comes
             command = self._commands.popleft()
             if not command.done.done():
                 command.done.set_exception(NoEngineError("the server is shutting down"))
         self.hub.close_all("server shutting down")
-        await self._drain_cache_queue()
-        for closer in (self.bus.close, self.quotes.close, self.history.close):
-            try:
-                await closer()
-            except Exception:
-                log.exception("error while closing a backend")
+        async with _timed("writing the last quotes"):
+            await self._drain_cache_queue()
+        for what, closer in (("bus", self.bus), ("quote cache", self.quotes), ("history", self.history)):
+            async with _timed(f"closing the {what} ({closer.name})"):
+                try:
+                    await closer.close()
+                except Exception:
+                    log.exception("error while closing the %s", what)
         self._executor.shutdown(wait=True)
 
     # --- engine side -----------------------------------------------------------------------------
@@ -334,10 +356,19 @@ class Runtime:
                 await asyncio.sleep(0.5)
 
     async def _drain_cache_queue(self) -> None:
+        """The quote updates still queued, within DRAIN_S in all (not each: 64 queued updates to an
+        unreachable cache would otherwise hold the stop for minutes)."""
+        deadline = time.monotonic() + DRAIN_S
         while not self._cache_queue.empty():
             batch = self._cache_queue.get_nowait()
             with contextlib.suppress(Exception):
-                await asyncio.wait_for(self.quotes.update(batch), 2.0)
+                await asyncio.wait_for(self.quotes.update(batch), max(deadline - time.monotonic(), 0.0))
+            if time.monotonic() >= deadline:
+                dropped = self._cache_queue.qsize()
+                self.quote_updates_dropped += dropped
+                log.warning("shutdown: the quote cache took no more updates in %.0f s; %d dropped",
+                            DRAIN_S, dropped)  # fmt: skip
+                return
 
     # --- edge side -------------------------------------------------------------------------------
     async def _edge_loop(self) -> None:

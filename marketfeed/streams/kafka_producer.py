@@ -28,10 +28,12 @@ Two message layouts (`KafkaMessages`), both counted in ticks:
 from __future__ import annotations
 
 import contextlib
+import faulthandler
 import json
 import logging
 import os
 import pickle
+import signal
 import struct
 import sys
 import threading
@@ -227,9 +229,12 @@ class Child:
             self.producer.poll(0)
         self._stop.set()
         reporter.join()
+        waiting, t0 = self.queued(), time.monotonic()
         remaining = self.producer.flush(FLUSH_S)
         if remaining:
             log.error("kafka: %d ticks still undelivered at shutdown", remaining)
+        elif (took := time.monotonic() - t0) > 1.0:  # a stop that took long says why
+            log.warning("kafka: the broker took %.1f s to confirm the last %d ticks", took, waiting)
         with contextlib.suppress(BrokenPipeError):  # the server is gone: nobody to tell
             self.report(out, final=True)
 
@@ -295,6 +300,7 @@ def main() -> None:
     config = json.loads(sys.argv[1])
     # Before librdkafka starts its threads, which inherit it (Linux keeps a niceness per thread).
     os.nice(int(config.get("nice", 0)))
+    faulthandler.register(signal.SIGUSR1, all_threads=True)  # as the server: stacks on `kill -USR1`
     child = Child(
         config["bootstrap"], config["topic"], config["buffer_messages"], config["schema_version"],
         KafkaMessages(config.get("messages", "tick")), config.get("partitions", 1),
