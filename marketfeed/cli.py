@@ -11,8 +11,10 @@ import argparse
 import asyncio
 import contextlib
 import csv
+import faulthandler
 import math
 import re
+import signal
 import sys
 import time
 from collections.abc import Sequence
@@ -111,6 +113,9 @@ def serve(settings: Settings) -> None:
     )
     if settings.gc_full_seconds:
         quiet_garbage_collector()
+    # `kill -USR1` prints every thread's stack to stderr: a server that hangs on the way out says
+    # where, without a debugger (py-spy cannot attach to every build of CPython).
+    faulthandler.register(signal.SIGUSR1, all_threads=True)
     _Server(config).run()
 
 

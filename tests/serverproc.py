@@ -6,6 +6,7 @@ go in as `MARKETFEED_*` environment variables, the same way a deployment sets th
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -88,16 +89,25 @@ class ServerProcess:
         self.kill()
         raise RuntimeError(f"server did not become healthy in {timeout} s:\n{self.log_tail()}")
 
-    def stop(self, timeout: float = 20.0) -> int:
-        """SIGTERM and wait: the graceful path (streams end, history is flushed)."""
+    def stop(self, timeout: float = 60.0) -> int:
+        """SIGTERM and wait: the graceful path (streams end, history is flushed).
+
+        The timeout is generous because a graceful stop may use the backends' own flush limits;
+        these tests are about what gets flushed, not how fast. A server that still hangs is asked
+        for its threads' stacks (SIGUSR1, see `marketfeed serve`) so the failure says where."""
         if self.proc is None or self.proc.poll() is not None:
             return self.proc.returncode if self.proc else 0
         self.proc.send_signal(signal.SIGTERM)
         try:
             return self.proc.wait(timeout)
         except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                self.proc.send_signal(signal.SIGUSR1)
+            time.sleep(1.0)
             self.kill()
-            raise RuntimeError(f"server ignored SIGTERM for {timeout} s:\n{self.log_tail()}") from None
+            raise RuntimeError(
+                f"server ignored SIGTERM for {timeout} s; its stacks:\n{self.log_tail(120)}"
+            ) from None
 
     def kill(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
