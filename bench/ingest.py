@@ -150,12 +150,13 @@ async def postgres_baseline(dsn: str, data: list[TickBatch]) -> float:
     return len(rows) / elapsed
 
 
-async def queries(dsn: str, rows: int, repeat: int) -> tuple[list[float], list[float]]:
-    """Fill a table of `rows` ticks over one day, then time a day of 1-minute candles and a page."""
+async def queries(dsn: str, rows: int, repeat: int, writers: int) -> tuple[list[float], list[float]]:
+    """Fill a table of `rows` ticks over one day (the store split over `writers` connections, which
+    places each share's rows on pages of their own), then time a day of 1-minute candles and a page."""
     assets = 100
     steps = rows // assets
     day0 = (time.time_ns() // DAY_NS - 1) * DAY_NS
-    store = PostgresHistory(dsn, flush_rows=50_000)
+    store = PostgresHistory(dsn, flush_rows=50_000, writers=writers)
     await store.start()
     step_ns = DAY_NS // steps
     for chunk in range(0, steps, 2000):
@@ -203,16 +204,17 @@ async def main_async(args: argparse.Namespace) -> None:
     total = args.steps * args.assets
     print(f"history benchmark: {total:,} ticks in batches of {args.assets} (one engine step each)")
     print(f"{'store':<12}{'ticks/s':>14}{'baseline':>14}{'ratio':>8}{'max backlog':>14}   baseline")
-    with tempfile.TemporaryDirectory() as tmp:
-        lite = SQLiteHistory(Path(tmp) / "h.sqlite3", flush_rows=args.flush_rows)
-        rate, worst = await ingest(lite, data, args.bound)
-        base = sqlite_baseline(Path(tmp) / "bare.sqlite3", data)
-        print(row("sqlite", rate, base, worst, "executemany, bare table"))
-        lite = SQLiteHistory(Path(tmp) / "live.sqlite3", flush_rows=args.flush_rows)
-        rate, worst = await ingest_live(
-            lite, args.steps * args.assets // LIVE_ASSETS, LIVE_ASSETS, args.bound
-        )
-        print(row("  +engine", rate, base, worst, "the same, the engine making the ticks meanwhile"))
+    if not args.skip_sqlite:
+        with tempfile.TemporaryDirectory() as tmp:
+            lite = SQLiteHistory(Path(tmp) / "h.sqlite3", flush_rows=args.flush_rows)
+            rate, worst = await ingest(lite, data, args.bound)
+            base = sqlite_baseline(Path(tmp) / "bare.sqlite3", data)
+            print(row("sqlite", rate, base, worst, "executemany, bare table"))
+            lite = SQLiteHistory(Path(tmp) / "live.sqlite3", flush_rows=args.flush_rows)
+            rate, worst = await ingest_live(
+                lite, args.steps * args.assets // LIVE_ASSETS, LIVE_ASSETS, args.bound
+            )
+            print(row("  +engine", rate, base, worst, "the same, the engine making the ticks meanwhile"))
     bindir = postgres_bin()
     if bindir is None:
         print("postgres: not installed (sudo bash .ci/install-services.sh); skipped")
@@ -221,30 +223,49 @@ async def main_async(args: argparse.Namespace) -> None:
     server.initdb()
     server.start()
     try:
-        dsn = await asyncio.to_thread(server.create_database, "ingest")
-        rate, worst = await ingest(PostgresHistory(dsn, flush_rows=args.flush_rows), data, args.bound)
-        base = await postgres_baseline(dsn, data)
-        print(row("postgres", rate, base, worst, "binary COPY, bare table"))
-        live = PostgresHistory(
-            await asyncio.to_thread(server.create_database, "live"), flush_rows=args.flush_rows
-        )
-        rate, worst = await ingest_live(
-            live, args.steps * args.assets // LIVE_ASSETS, LIVE_ASSETS, args.bound
-        )
-        print(row("  +engine", rate, base, worst, "the same, the engine making the ticks meanwhile"))
+        # Each writer count on a database of its own; the bare table once, between them and the
+        # "+engine" runs, so that a drift of the machine's speed shows in the ratios.
+        # A count may be repeated (1,2,1,2): the first run on a new server also creates its WAL files.
+        stored: list[tuple[int, float, int]] = []
+        for i, w in enumerate(args.writers):
+            dsn = await asyncio.to_thread(server.create_database, f"ingest{i}")
+            store = PostgresHistory(dsn, flush_rows=args.flush_rows, writers=w)
+            stored.append((w, *await ingest(store, data, args.bound)))
+        base = await postgres_baseline(await asyncio.to_thread(server.create_database, "bare"), data)
+        for w, rate, worst in stored:
+            print(row(f"postgres/{w}", rate, base, worst, f"binary COPY, bare table ({w} writer conns)"))
+        for i, w in enumerate(args.writers):
+            dsn = await asyncio.to_thread(server.create_database, f"live{i}")
+            live = PostgresHistory(dsn, flush_rows=args.flush_rows, writers=w)
+            rate, worst = await ingest_live(
+                live, args.steps * args.assets // LIVE_ASSETS, LIVE_ASSETS, args.bound
+            )
+            print(row(f"  +engine/{w}", rate, base, worst, "the same, the engine making the ticks meanwhile"))
+        if args.skip_queries:
+            return
         # The ingest data (millions of Tick objects) would otherwise stay alive through the queries,
         # and a full garbage collection over them lands in a query now and then (~400 ms here).
         data.clear()
         quiet_garbage_collector()  # again: what is alive now is frozen out of collections too
-        candle_ms, page_ms = await queries(
-            await asyncio.to_thread(server.create_database, "queries"), args.rows, args.repeat
-        )
-        print(f"\nqueries on {args.rows:,} ticks (PostgreSQL), {args.repeat} runs:")
+        dsn = await asyncio.to_thread(server.create_database, "queries")
+        candle_ms, page_ms = await queries(dsn, args.rows, args.repeat, args.writers[-1])
+        filled = f"{args.rows:,} ticks (PostgreSQL, {args.writers[-1]} writers)"
+        print(f"\nqueries on {filled}, {args.repeat} runs:")
         for name, ms in (("1-minute candles, one symbol, one day", candle_ms), ("10,000-tick page", page_ms)):
             p50, p99 = statistics.median(ms), pct(ms, 0.99)
             print(f"  {name:<38} p50 {p50:.1f} ms, p99 {p99:.1f} ms, slowest {max(ms):.1f} ms")
     finally:
         server.stop()
+
+
+def counts(text: str) -> list[int]:
+    try:
+        values = [int(v) for v in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a comma-separated list of counts: {text!r}") from None
+    if not values or min(values) < 1:
+        raise argparse.ArgumentTypeError(f"counts must be at least 1: {text!r}")
+    return values
 
 
 def main() -> None:
@@ -255,6 +276,11 @@ def main() -> None:
     p.add_argument("--bound", type=int, default=500_000, help="backlog the writer may reach")
     p.add_argument("--rows", type=int, default=10_000_000, help="table size for the query benchmark")
     p.add_argument("--repeat", type=int, default=200, help="runs per query (p99 of 50 runs = the max)")
+    p.add_argument(
+        "--writers", type=counts, default=[1, 2], help="PostgreSQL connections a flush is split over: each"
+    )
+    p.add_argument("--skip-sqlite", action="store_true", help="PostgreSQL only")
+    p.add_argument("--skip-queries", action="store_true", help="ingest only")
     p.add_argument("--quick", action="store_true")
     args = p.parse_args()
     if args.quick:

@@ -5,7 +5,9 @@ processes starting together do not race): `NNNN_name.timescale.sql` when the ext
 `NNNN_name.postgres.sql` otherwise, `NNNN_name.sql` for both. A database keeps the flavour its first
 migration chose. A background writer batches ticks and writes them with binary COPY, with the engine
 state, in one transaction: straight into `ticks` when every gseq is newer than the newest stored one,
-otherwise through a staging table and an insert of what is not there yet (by gseq). If the database
+otherwise through a staging table and an insert of what is not there yet (by gseq). A large flush is
+split by symbol over `writers` connections, whose backends each take a share of the per-row work;
+the engine state commits last, after every share. If the database
 is down it retries with capped exponential backoff, keeping a bounded backlog; rows beyond the bound
 go to a spill file when one is configured, else they are counted and logged as dropped.
 """
@@ -13,13 +15,14 @@ go to a spill file when one is configured, else they are counted and logged as d
 from __future__ import annotations
 
 import asyncio
+import bisect
 import calendar
 import contextlib
 import logging
 import operator
 import re
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -49,6 +52,9 @@ DAY_NS = 86_400 * 1_000_000_000
 MIGRATION_LOCK = 0x6D66_6462  # "mfdb": any constant shared by every marketfeed process
 PARTITION_LOCK = 0x6D66_7074  # "mfpt": partition DDL, taken by start-up and by the writer
 DROP_LOG_EVERY_S = 10.0  # an outage drops a batch per engine step: summarise instead of one line each
+# A flush smaller than this stays in one transaction: a live server's 250 ms flush (hundreds of rows)
+# gains nothing from a second round trip and a second backend.
+SPLIT_MIN_ROWS = 4_000
 
 Record = tuple[int, str, int, int, float, float, float, int, float]
 EventRow = tuple[int, int, str, str]
@@ -150,6 +156,24 @@ tick_record = operator.attrgetter(*COLUMNS)
 RECORD_SYMBOL = operator.itemgetter(COLUMNS.index("symbol"))
 
 
+def split_by_symbol(records: list[Record], n: int) -> list[list[Record]]:
+    """`records`, sorted by symbol, in at most `n` shares of about equal size with no symbol in two.
+    Two shares then never upsert the same candle row or key: a share waiting on another's row lock,
+    while that one waits (in Python) for it to commit, would deadlock where PostgreSQL cannot see."""
+    shares: list[list[Record]] = []
+    start = 0
+    for k in range(1, n):
+        cut = max(len(records) * k // n, start)
+        if cut == 0 or cut >= len(records):
+            continue
+        cut = bisect.bisect_right(records, records[cut - 1][1], lo=cut, key=RECORD_SYMBOL)
+        if cut > start and cut < len(records):
+            shares.append(records[start:cut])
+            start = cut
+    shares.append(records[start:])
+    return shares
+
+
 class PostgresHistory:
     name = "postgres"
 
@@ -165,8 +189,14 @@ class PostgresHistory:
         migrations: Path | None = None,
         spill_path: Path | None = None,
         close_timeout_s: float = 30.0,
+        writers: int = 2,
+        split_min_rows: int = SPLIT_MIN_ROWS,
     ) -> None:
+        if writers < 1:
+            raise ValueError(f"writers must be at least 1, not {writers}")
         self.dsn = dsn
+        self._writers = writers
+        self._split_min_rows = split_min_rows
         self._flush_s = flush_ms / 1000
         self._flush_rows = flush_rows
         self._max_backlog = max_backlog_rows
@@ -185,7 +215,9 @@ class PostgresHistory:
         self._partitions: set[int] = set()  # days (ts // DAY_NS) known to have a partition
         self._error: str | None = None
         self.timescale = False
-        self._max_gseq = 0  # newest gseq stored: the engine is the only writer and gseq only grows
+        # Every tick up to this gseq is stored (the engine is the only writer and gseq only grows): what
+        # is not newer is a re-delivery or a regeneration, and skipped.
+        self._max_gseq = 0
         self.rows_written = 0
         self.rows_dropped = 0
         self.rows_spilled = 0
@@ -215,8 +247,9 @@ class PostgresHistory:
     async def start(self) -> None:
         # A short connect timeout: an unreachable host (not a refused port) shows as degraded in
         # seconds, not after the 60 s default.
+        # The writers' connections and three for queries.
         self._pool = await asyncpg.create_pool(
-            self.dsn, min_size=1, max_size=4, command_timeout=60, timeout=10
+            self.dsn, min_size=1, max_size=self._writers + 3, command_timeout=60, timeout=10
         )
         try:
             async with self.pool.acquire() as conn:
@@ -229,16 +262,24 @@ class PostgresHistory:
                         await self._apply_retention(conn)
                 finally:
                     await conn.execute("SELECT pg_advisory_unlock($1)", MIGRATION_LOCK)
-            # Every stored tick lies inside its minute's gseq range, so the newest last_gseq is the
-            # newest gseq, read from an index (ticks has no B-tree on gseq alone).
-            newest = "max(last_gseq) FROM candles_1m" if self.keeps_minutes else "max(gseq) FROM ticks"
-            self._max_gseq = int(await self.pool.fetchval("SELECT " + newest) or 0)
+            self._max_gseq = await self._stored_gseq()
         except BaseException:
             self._pool.terminate()  # a failed start must not leave connections behind
             self._pool = None
             raise
         self._wake = asyncio.Event()
         self._task = asyncio.create_task(self._run(), name="postgres-writer")
+
+    async def _stored_gseq(self) -> int:
+        """The gseq up to which every tick is stored: the watermark the writer commits with each flush
+        (0007_stored_gseq.sql). A database without one was written a flush per transaction, so its
+        newest gseq is that: every stored tick lies inside its minute's gseq range, so it is the
+        newest last_gseq, read from an index (ticks has no B-tree on gseq alone)."""
+        mark = await self.pool.fetchval("SELECT stored_gseq FROM engine_state WHERE id = 1")
+        if mark is not None:
+            return int(mark)
+        newest = "max(last_gseq) FROM candles_1m" if self.keeps_minutes else "max(gseq) FROM ticks"
+        return int(await self.pool.fetchval("SELECT " + newest) or 0)
 
     async def _migrate(self, conn: Conn) -> None:
         """Apply what is missing; the caller holds the migration lock."""
@@ -441,11 +482,13 @@ class PostgresHistory:
         lines = await asyncio.to_thread(self._spill_path.read_bytes)
         ticks = [Tick.from_json(line) for line in lines.splitlines() if line]
         for i in range(0, len(ticks), 100_000):
-            chunk = [tick_record(t) for t in ticks[i : i + 100_000]]
+            chunk = sorted((tick_record(t) for t in ticks[i : i + 100_000]), key=RECORD_SYMBOL)
             # A retry after a partial replay re-sends rows already stored: the gseq check skips them.
-            await self._commit(chunk, None, {r[3] // DAY_NS for r in chunk})
+            # The spill is older than anything pending, in gseq order: all up to this chunk is stored.
+            mark = max([self._max_gseq, *(r[0] for r in chunk)])
+            await self._commit(chunk, None, {r[3] // DAY_NS for r in chunk}, stored_gseq=mark)
             self.rows_written += len(chunk)
-            self._max_gseq = max([self._max_gseq, *(r[0] for r in chunk)])
+            self._max_gseq = mark
         self._spill_path.unlink()
         self._spill_rows = 0
         log.info("replayed %d spilled ticks into the history", len(ticks))
@@ -497,7 +540,8 @@ class PostgresHistory:
             records.sort(key=RECORD_SYMBOL)
             try:
                 days = {t[3] // DAY_NS for t in records}
-                await self._commit(records, state, days, events, fast=True)
+                mark = max([self._max_gseq, *(r[0] for r in records)])
+                await self._commit(records, state, days, events, fast=True, stored_gseq=mark)
             except BaseException as exc:
                 self.write_errors += 1
                 self._error = str(exc) or type(exc).__name__
@@ -511,7 +555,7 @@ class PostgresHistory:
                 self._inflight_rows = 0
             self._error = None
             self.rows_written += len(records)
-            self._max_gseq = max([self._max_gseq, *(r[0] for r in records)])
+            self._max_gseq = mark
             self.flushes += 1
             oldest = min((b.ticks[0].ts for b in batches if b.ticks), default=time.time_ns())
             self.write_lag_s = max(0.0, (time.time_ns() - oldest) / 1e9)
@@ -524,7 +568,15 @@ class PostgresHistory:
         events: list[EventRow] | None = None,
         *,
         fast: bool = False,
+        stored_gseq: int | None = None,
     ) -> None:
+        """Write `records` (sorted by symbol), then the state, events and watermark that go with them.
+
+        A large flush goes in shares over several connections at once, one transaction each; the
+        share that carries the state commits only after all the others have, so a stored state never
+        runs ahead of its ticks. A crash between the commits leaves some shares stored: stored_gseq is
+        still the previous flush's, so the regenerated flush takes the checked path and fills in the
+        rest."""
         if not records and state is None and not events:
             return
         async with self.pool.acquire() as conn:
@@ -534,36 +586,66 @@ class PostgresHistory:
                 needed = days | set(range(max(days) + 1, max(days) + 1 + self._ahead))
                 if not needed <= self._partitions:
                     await self._ensure_partitions(conn, needed)
-            if fast:
-                # Rows newer than anything stored: binary COPY straight into the table. Should a row be
-                # there after all (another writer), the transaction fails and the checked path runs.
-                try:
-                    async with conn.transaction():
-                        if records:
-                            await conn.copy_records_to_table("ticks", records=records, columns=COLUMNS)
-                        await self._save_state(conn, state, events)
-                    return
-                except asyncpg.UniqueViolationError:
-                    log.warning("history: some ticks were already stored; writing the rest one by one")
-            async with conn.transaction():
+            shares = split_by_symbol(records, self._writers if len(records) >= self._split_min_rows else 1)
+            others = [asyncio.create_task(self._write_share(share, fast)) for share in shares[:-1]]
+
+            async def finish(c: Conn) -> None:
+                await asyncio.gather(*others)  # raises if a share failed: this one rolls back too
+                await self._save_state(c, state, events, stored_gseq)
+
+            try:
+                await self._write(conn, shares[-1], fast, finish)
+            finally:
+                for task in others:
+                    task.cancel()
+                await asyncio.gather(*others, return_exceptions=True)
+
+    async def _write_share(self, records: list[Record], fast: bool) -> None:
+        async with self.pool.acquire() as conn:
+            await self._write(conn, records, fast, None)
+
+    async def _write(
+        self, conn: Conn, records: list[Record], fast: bool, finish: Callable[[Conn], Awaitable[None]] | None
+    ) -> None:
+        """One transaction of ticks, and `finish` inside it before the commit."""
+        if fast:
+            # Rows newer than anything stored: binary COPY straight into the table. Should a row be
+            # there after all (another writer), the transaction fails and the checked path runs.
+            try:
+                async with conn.transaction():
+                    if records:
+                        await conn.copy_records_to_table("ticks", records=records, columns=COLUMNS)
+                    if finish is not None:
+                        await finish(conn)
+                return
+            except asyncpg.UniqueViolationError:
+                log.warning("history: some ticks were already stored; writing the rest one by one")
+        async with conn.transaction():
+            if records:
                 await conn.execute(
                     "CREATE TEMP TABLE IF NOT EXISTS ticks_staging "
                     "(LIKE ticks INCLUDING DEFAULTS) ON COMMIT DELETE ROWS"
                 )
                 await conn.copy_records_to_table("ticks_staging", records=records, columns=COLUMNS)
                 await conn.execute(INSERT_NEW)
-                await self._save_state(conn, state, events)
+            if finish is not None:
+                await finish(conn)
 
     @staticmethod
-    async def _save_state(conn: Conn, state: str | None, events: list[EventRow] | None) -> None:
-        """The engine state and the events that go with the ticks of the same transaction."""
+    async def _save_state(
+        conn: Conn, state: str | None, events: list[EventRow] | None, stored_gseq: int | None
+    ) -> None:
+        """The engine state, the events and the watermark that go with the ticks of a flush."""
         if events:
             await conn.executemany(INSERT_EVENT, events)
-        if state is not None:
+        if state is not None or stored_gseq is not None:
             await conn.execute(
-                "INSERT INTO engine_state (id, state, updated) VALUES (1, $1, now()) "
-                "ON CONFLICT (id) DO UPDATE SET state = excluded.state, updated = excluded.updated",
+                "INSERT INTO engine_state (id, state, stored_gseq, updated) VALUES (1, $1, $2, now()) "
+                "ON CONFLICT (id) DO UPDATE SET state = coalesce(excluded.state, engine_state.state),"
+                " stored_gseq = coalesce(excluded.stored_gseq, engine_state.stored_gseq),"
+                " updated = excluded.updated",
                 state,
+                stored_gseq,
             )
 
     # --- reading ---------------------------------------------------------------------------------
