@@ -4,10 +4,10 @@ Start-up applies the versioned migrations in db/migrations idempotently (under a
 processes starting together do not race): `NNNN_name.timescale.sql` when the extension is usable,
 `NNNN_name.postgres.sql` otherwise, `NNNN_name.sql` for both. A database keeps the flavour its first
 migration chose. A background writer batches ticks and writes them with binary COPY, with the engine
-state, in one transaction: straight into `ticks` when every gseq is newer than the newest stored one,
-otherwise through a staging table and an insert of what is not there yet (by gseq). A large flush is
-split by symbol over `writers` connections, whose backends each take a share of the per-row work;
-the engine state commits last, after every share. If the database
+state: straight into `ticks` when every gseq is newer than the newest stored one, otherwise through a
+staging table and an insert of what is not there yet (by gseq). A small flush is one transaction; a
+large one is split by symbol over `writers` connections, whose backends each take a share of the
+per-row work, and the share with the engine state commits last, after every other. If the database
 is down it retries with capped exponential backoff, keeping a bounded backlog; rows beyond the bound
 go to a spill file when one is configured, else they are counted and logged as dropped.
 """
