@@ -568,7 +568,7 @@ class PostgresHistory:
         events: list[EventRow] | None = None,
         *,
         fast: bool = False,
-        stored_gseq: int | None = None,
+        stored_gseq: int,
     ) -> None:
         """Write `records` (sorted by symbol), then the state, events and watermark that go with them.
 
@@ -633,20 +633,19 @@ class PostgresHistory:
 
     @staticmethod
     async def _save_state(
-        conn: Conn, state: str | None, events: list[EventRow] | None, stored_gseq: int | None
+        conn: Conn, state: str | None, events: list[EventRow] | None, stored_gseq: int
     ) -> None:
         """The engine state, the events and the watermark that go with the ticks of a flush."""
         if events:
             await conn.executemany(INSERT_EVENT, events)
-        if state is not None or stored_gseq is not None:
-            await conn.execute(
-                "INSERT INTO engine_state (id, state, stored_gseq, updated) VALUES (1, $1, $2, now()) "
-                "ON CONFLICT (id) DO UPDATE SET state = coalesce(excluded.state, engine_state.state),"
-                " stored_gseq = coalesce(excluded.stored_gseq, engine_state.stored_gseq),"
-                " updated = excluded.updated",
-                state,
-                stored_gseq,
-            )
+        # The watermark with every flush; the state only when the engine gave a new one.
+        await conn.execute(
+            "INSERT INTO engine_state (id, state, stored_gseq, updated) VALUES (1, $1, $2, now()) "
+            "ON CONFLICT (id) DO UPDATE SET state = coalesce(excluded.state, engine_state.state),"
+            " stored_gseq = excluded.stored_gseq, updated = excluded.updated",
+            state,
+            stored_gseq,
+        )
 
     # --- reading ---------------------------------------------------------------------------------
     async def ticks(
