@@ -150,13 +150,12 @@ async def postgres_baseline(dsn: str, data: list[TickBatch]) -> float:
     return len(rows) / elapsed
 
 
-async def queries(dsn: str, rows: int, repeat: int, writers: int) -> tuple[list[float], list[float]]:
-    """Fill a table of `rows` ticks over one day (the store split over `writers` connections, which
-    places each share's rows on pages of their own), then time a day of 1-minute candles and a page."""
+async def queries(dsn: str, rows: int, repeat: int) -> tuple[list[float], list[float]]:
+    """Fill a table of `rows` ticks over one day, then time a day of 1-minute candles and a page."""
     assets = 100
     steps = rows // assets
     day0 = (time.time_ns() // DAY_NS - 1) * DAY_NS
-    store = PostgresHistory(dsn, flush_rows=50_000, writers=writers)
+    store = PostgresHistory(dsn, flush_rows=50_000)
     await store.start()
     step_ns = DAY_NS // steps
     for chunk in range(0, steps, 2000):
@@ -223,24 +222,24 @@ async def main_async(args: argparse.Namespace) -> None:
     server.initdb()
     server.start()
     try:
-        # Each writer count on a database of its own; the bare table once, between them and the
-        # "+engine" runs, so that a drift of the machine's speed shows in the ratios.
-        # A count may be repeated (1,2,1,2): the first run on a new server also creates its WAL files.
-        stored: list[tuple[int, float, int]] = []
-        for i, w in enumerate(args.writers):
+        # Each run on a database of its own; the bare table between the first runs and the "+engine"
+        # ones, so that a drift of the machine's speed shows in the ratios. The first run on a new
+        # server also creates its WAL files: `--runs 2` shows how much that costs.
+        stored: list[tuple[float, int]] = []
+        for i in range(args.runs):
             dsn = await asyncio.to_thread(server.create_database, f"ingest{i}")
-            store = PostgresHistory(dsn, flush_rows=args.flush_rows, writers=w)
-            stored.append((w, *await ingest(store, data, args.bound)))
+            store = PostgresHistory(dsn, flush_rows=args.flush_rows)
+            stored.append(await ingest(store, data, args.bound))
         base = await postgres_baseline(await asyncio.to_thread(server.create_database, "bare"), data)
-        for w, rate, worst in stored:
-            print(row(f"postgres/{w}", rate, base, worst, f"binary COPY, bare table ({w} writer conns)"))
-        for i, w in enumerate(args.writers):
+        for rate, worst in stored:
+            print(row("postgres", rate, base, worst, "binary COPY, bare table"))
+        for i in range(args.runs):
             dsn = await asyncio.to_thread(server.create_database, f"live{i}")
-            live = PostgresHistory(dsn, flush_rows=args.flush_rows, writers=w)
+            live = PostgresHistory(dsn, flush_rows=args.flush_rows)
             rate, worst = await ingest_live(
                 live, args.steps * args.assets // LIVE_ASSETS, LIVE_ASSETS, args.bound
             )
-            print(row(f"  +engine/{w}", rate, base, worst, "the same, the engine making the ticks meanwhile"))
+            print(row("  +engine", rate, base, worst, "the same, the engine making the ticks meanwhile"))
         if args.skip_queries:
             return
         # The ingest data (millions of Tick objects) would otherwise stay alive through the queries,
@@ -248,24 +247,14 @@ async def main_async(args: argparse.Namespace) -> None:
         data.clear()
         quiet_garbage_collector()  # again: what is alive now is frozen out of collections too
         dsn = await asyncio.to_thread(server.create_database, "queries")
-        candle_ms, page_ms = await queries(dsn, args.rows, args.repeat, args.writers[-1])
-        filled = f"{args.rows:,} ticks (PostgreSQL, {args.writers[-1]} writers)"
+        candle_ms, page_ms = await queries(dsn, args.rows, args.repeat)
+        filled = f"{args.rows:,} ticks (PostgreSQL)"
         print(f"\nqueries on {filled}, {args.repeat} runs:")
         for name, ms in (("1-minute candles, one symbol, one day", candle_ms), ("10,000-tick page", page_ms)):
             p50, p99 = statistics.median(ms), pct(ms, 0.99)
             print(f"  {name:<38} p50 {p50:.1f} ms, p99 {p99:.1f} ms, slowest {max(ms):.1f} ms")
     finally:
         server.stop()
-
-
-def counts(text: str) -> list[int]:
-    try:
-        values = [int(v) for v in text.split(",")]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a comma-separated list of counts: {text!r}") from None
-    if not values or min(values) < 1:
-        raise argparse.ArgumentTypeError(f"counts must be at least 1: {text!r}")
-    return values
 
 
 def main() -> None:
@@ -276,9 +265,7 @@ def main() -> None:
     p.add_argument("--bound", type=int, default=500_000, help="backlog the writer may reach")
     p.add_argument("--rows", type=int, default=10_000_000, help="table size for the query benchmark")
     p.add_argument("--repeat", type=int, default=200, help="runs per query (p99 of 50 runs = the max)")
-    p.add_argument(
-        "--writers", type=counts, default=[1, 2], help="PostgreSQL connections a flush is split over: each"
-    )
+    p.add_argument("--runs", type=int, default=1, help="PostgreSQL ingest runs, each on a new database")
     p.add_argument("--skip-sqlite", action="store_true", help="PostgreSQL only")
     p.add_argument("--skip-queries", action="store_true", help="ingest only")
     p.add_argument("--quick", action="store_true")

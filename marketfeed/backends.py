@@ -45,7 +45,6 @@ def make_history(settings: Settings) -> HistoryStore:
             retention_days=settings.retention_days,
             max_backlog_rows=settings.backlog_rows,
             spill_path=settings.history_path.parent / "postgres-spill.jsonl",
-            writers=settings.db_writers,
         )
     from marketfeed.history.sqlite import SQLiteHistory
 

@@ -94,9 +94,6 @@ class Settings(BaseSettings):
     backlog_rows: int = Field(
         1_000_000, ge=1, description="ticks held in memory while the database is down (then a spill file)"
     )
-    db_writers: int = Field(
-        2, ge=1, le=16, description="PostgreSQL: connections a large history flush is split over, by symbol"
-    )
     retention_days: int | None = Field(
         None, ge=1, description="PostgreSQL/TimescaleDB: drop ticks older than this many days (default: keep)"
     )

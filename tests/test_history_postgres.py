@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import io
 import time
 import uuid
 from collections.abc import Awaitable, Callable
@@ -10,25 +11,23 @@ from pathlib import Path
 from typing import Any
 
 import asyncpg
+import numpy as np
 import pytest
 from history_cases import check_queries, check_time_ranges, path
 from services import Postgres
 
 from marketfeed.health import Status
+from marketfeed.history.blocks import BLOCK_COLUMNS, BLOCK_TICKS, SPAN, BlockEncoder
 from marketfeed.history.candles import Interval
 from marketfeed.history.postgres import (
-    COLUMNS,
     DAY_NS,
     DB_ERRORS,
-    RECORD_SYMBOL,
     PostgresHistory,
     choose_timescale,
     migrations_dir,
     partition_day,
     partition_name,
     plan,
-    split_by_symbol,
-    tick_record,
 )
 from marketfeed.history.sqlite import SQLiteHistory
 from marketfeed.ticks import Tick, TickBatch
@@ -107,58 +106,93 @@ def test_round_trip_dedup_pages_filters_and_state(dsn: str) -> None:
 
 
 @pytest.mark.integration
-def test_a_flush_stores_each_symbols_ticks_together_in_gseq_order(dsn: str) -> None:
+def test_a_flush_stores_a_block_per_symbol_and_minute_with_its_ohlcv(dsn: str) -> None:
     async def body(store: PostgresHistory) -> None:
-        for step in range(30):  # the symbols interleaved, as the engine makes them
-            store.write(batch(step))
+        for step in range(80):  # a second apart from T0, on a minute: two minutes, symbols interleaved
+            store.write(batch(step, ts=T0 + step * 10**9))
         await store.flush()
         conn = await asyncpg.connect(dsn)
-        try:  # the heap's order: what a read of one symbol's pages pays for
-            rows = await conn.fetch("SELECT symbol, seq FROM ticks ORDER BY ctid")
+        try:
+            blocks = await conn.fetch("SELECT * FROM tick_blocks ORDER BY symbol, first_gseq")
         finally:
             await conn.close()
-        assert [(r["symbol"], r["seq"]) for r in rows] == [(s, n) for s in SYMBOLS for n in range(1, 31)]
-        everything = [t for step in range(30) for t in batch(step).ticks]
-        assert await store.ticks(symbols=None, limit=1000) == everything  # still read in gseq order
+        written = [t for step in range(80) for t in batch(step, ts=T0 + step * 10**9).ticks]
+        minute = 60_000_000_000
+        assert [(b["symbol"], b["minute"]) for b in blocks] == [
+            (s, T0 + m * minute) for s in SYMBOLS for m in (0, 1)
+        ]
+        for b in blocks:
+            mine = [t for t in written if t.symbol == b["symbol"] and t.ts // minute * minute == b["minute"]]
+            assert list(b["gseq"]) == [t.gseq for t in mine]
+            assert list(b["seq"]) == [t.seq for t in mine]
+            assert list(b["price"]) == [t.price for t in mine]
+            assert (b["first_gseq"], b["last_gseq"]) == (mine[0].gseq, mine[-1].gseq)
+            assert (b["first_ts"], b["last_ts"]) == (mine[0].ts, mine[-1].ts)
+            prices = [t.price for t in mine]
+            assert (b["open"], b["high"], b["low"], b["close"]) == (
+                prices[0],
+                max(prices),
+                min(prices),
+                prices[-1],
+            )
+            assert (b["volume"], b["trades"]) == (sum(t.size for t in mine), len(mine))
+            assert b["pv"] == pytest.approx(sum(t.price * t.size for t in mine), rel=1e-12)
+        assert await store.ticks(symbols=None, limit=1000) == written  # read back in gseq order
+        assert await count(dsn) == len(written)  # the `ticks` view: a row per tick
 
     run(dsn, body, flush_ms=60_000)  # one flush: the explicit one
 
 
 @pytest.mark.integration
-@pytest.mark.parametrize("writers", [1, 3])
-def test_time_ranges_and_candles_are_a_filter_of_the_ticks(dsn: str, writers: int) -> None:
-    async def body(store: PostgresHistory) -> None:
-        await check_time_ranges(store, T0 - 60 * 60_000_000_000)
+def test_blocks_are_cut_at_every_span_of_gseq_and_at_every_tick_left_out(dsn: str) -> None:
+    # Ticks of one symbol in one minute, across a multiple of SPAN, one of them stored already: three
+    # blocks, none spanning a multiple of SPAN or the stored tick.
+    gseqs = [SPAN - 3, SPAN - 2, SPAN - 1, SPAN, SPAN + 1, SPAN + 2, SPAN + 3]
+    ticks = [Tick("AAA", k + 1, g, T0 + k, 100.0 + k, 99.0, 101.0, 1, 0.2) for k, g in enumerate(gseqs)]
+    # And 250 ticks of another symbol: blocks of at most BLOCK_TICKS.
+    ticks += [Tick("BBB", k + 1, 2 * SPAN + k, T0 + k, 100.0, 99.0, 101.0, 1, 0.2) for k in range(250)]
+    encoder = BlockEncoder()
+    kept, runs = encoder.columns(ticks).without(np.array([SPAN + 1]))
+    assert kept.gseq.tolist() == [g for g in gseqs if g != SPAN + 1] + [2 * SPAN + k for k in range(250)]
+    payload, n = encoder.encode(kept, runs)
+    assert n == 3 + 3
 
-    run(dsn, body, writers=writers, split_min_rows=1)  # 3: every flush in a share per symbol
+    async def scenario() -> None:
+        store = PostgresHistory(dsn)
+        await store.start()  # the schema
+        await store.close()
+        conn = await asyncpg.connect(dsn)
+        try:
+            await conn.copy_to_table(
+                "tick_blocks", source=io.BytesIO(payload), columns=BLOCK_COLUMNS, format="binary"
+            )
+            rows = await conn.fetch("SELECT gseq FROM tick_blocks ORDER BY first_gseq")
+            blocks = [list(r["gseq"]) for r in rows]
+            assert blocks[:3] == [[SPAN - 3, SPAN - 2, SPAN - 1], [SPAN], [SPAN + 2, SPAN + 3]]
+            assert [len(b) for b in blocks[3:]] == [BLOCK_TICKS, BLOCK_TICKS, 250 - 2 * BLOCK_TICKS]
+            assert [g for b in blocks[3:] for g in b] == [2 * SPAN + k for k in range(250)]
+        finally:
+            await conn.close()
 
-
-def test_split_by_symbol_keeps_the_order_and_each_symbol_in_one_share() -> None:
-    # Symbols of 1 to 40 rows each, sorted by symbol as a flush is.
-    ticks = [Tick(f"S{k:02d}", j, 1000 * k + j, T0, 1, 1, 1, 1, 0.1) for k in range(40) for j in range(k + 1)]
-    records = sorted((tick_record(t) for t in ticks), key=RECORD_SYMBOL)
-    for n in range(1, 9):
-        shares = split_by_symbol(records, n)
-        assert [r for share in shares for r in share] == records
-        assert 1 <= len(shares) <= n
-        assert all(shares)
-        owners = {RECORD_SYMBOL(r): i for i, share in enumerate(shares) for r in share}
-        assert all(owners[RECORD_SYMBOL(r)] == i for i, share in enumerate(shares) for r in share)
-        assert max(len(share) for share in shares) <= len(records) // n + 41  # a symbol over, at most
-    assert len(split_by_symbol(records, 4)) == 4
-    assert split_by_symbol(records[:5], 4) == [records[:1], records[1:3], records[3:5]]
-    assert split_by_symbol([], 3) == [[]]
+    asyncio.run(scenario())
 
 
 @pytest.mark.integration
-def test_a_flush_cut_short_between_its_shares_is_completed_after_a_restart(dsn: str) -> None:
-    # Three shares, a symbol each; the last (AAA, BBB, CCC: CCC's) carries the engine state and commits
-    # after the other two. Here its commit is refused, as a crash between the commits would leave it:
-    # AAA's and BBB's ticks of the second flush are stored, CCC's and the state are not. The newest
-    # stored gseq (BBB's, step 19) is then past CCC's missing ones, so a restart that filtered the
-    # regenerated ticks by it would lose them; the watermark committed with the state does not.
+def test_time_ranges_and_candles_are_a_filter_of_the_ticks(dsn: str) -> None:
+    async def body(store: PostgresHistory) -> None:
+        await check_time_ranges(store, T0 - 60 * 60_000_000_000)
+
+    run(dsn, body)
+
+
+@pytest.mark.integration
+def test_a_flush_refused_at_its_commit_stores_nothing_and_is_made_again_after_a_restart(dsn: str) -> None:
+    # A flush is one transaction: its blocks, the engine state and the watermark. Here the state's
+    # update is refused, as a crash before the commit would leave it: none of the second flush's ticks
+    # is stored. A restart resumes from the state stored with the first, and the engine makes the same
+    # ticks again: each is stored once, and candles_1m counts each once.
     async def scenario() -> None:
-        store = PostgresHistory(dsn, flush_ms=60_000, writers=3, split_min_rows=1, close_timeout_s=1)
+        store = PostgresHistory(dsn, flush_ms=60_000, close_timeout_s=1)
         await store.start()
         for step in range(10):
             store.write(batch(step), state=f"state-{step}")
@@ -175,16 +209,16 @@ def test_a_flush_cut_short_between_its_shares_is_completed_after_a_restart(dsn: 
             with pytest.raises(asyncpg.RaiseError):
                 await store.flush()
             await store.close()  # still refused: the pending ticks are given up, as a crash would
-            assert await conn.fetchval("SELECT count(*) FROM ticks") == 30 + 20
+            assert await conn.fetchval("SELECT count(*) FROM ticks") == 30
             await conn.execute("DROP TRIGGER refuse ON engine_state")
         finally:
             await conn.close()
 
-        store = PostgresHistory(dsn, flush_ms=60_000, writers=3, split_min_rows=1)
+        store = PostgresHistory(dsn, flush_ms=60_000)
         await store.start()
         try:
             assert await store.load_state() == "state-9"
-            for step in range(10, 20):  # the engine resumes after state-9 and makes them again
+            for step in range(5, 20):  # resumed from an older state: five steps are stored already
                 store.write(batch(step), state=f"state-{step}")
             await store.flush()
             stored = await store.ticks(symbols=None, limit=100)
@@ -201,8 +235,9 @@ def test_a_flush_cut_short_between_its_shares_is_completed_after_a_restart(dsn: 
 
 @pytest.mark.integration
 def test_a_database_from_before_0006_keeps_answering_after_it(dsn: str, tmp_path: Path) -> None:
-    # Ticks stored under migrations 0001-0005 (keys (gseq, ts), (symbol, gseq), (symbol, ts); minutes
-    # back-filled by 0005), then a start that applies 0006: time ranges now go through the minutes.
+    # Ticks stored a row each under migrations 0001-0005 (keys (gseq, ts), (symbol, gseq), (symbol, ts);
+    # minutes back-filled by 0005), then a start that applies 0006 (one key) and 0008 (the rows become
+    # blocks, `ticks` a view of them): the same answers.
     t0 = T0 - 60 * 60_000_000_000
     written = [t for b in path(t0) for t in b.ticks]
     older = [m for m in plan(migrations_dir(), timescale=False) if m.version < 6]
@@ -216,8 +251,9 @@ def test_a_database_from_before_0006_keeps_answering_after_it(dsn: str, tmp_path
             )
             for m in older:
                 if m.version == 5:  # ticks stored before the minutes existed: 0005 back-fills them
-                    await conn.copy_records_to_table("ticks", records=[tick_record(t) for t in written],
-                                                     columns=COLUMNS)  # fmt: skip
+                    await conn.copy_records_to_table("ticks", records=[
+                        (t.gseq, t.symbol, t.seq, t.ts, t.price, t.bid, t.ask, t.size, t.vol) for t in written
+                    ])  # fmt: skip
                 await conn.execute(m.path.read_text())
                 await conn.execute("INSERT INTO schema_migrations VALUES ($1, $2)", m.version, m.name)
         finally:
@@ -228,9 +264,11 @@ def test_a_database_from_before_0006_keeps_answering_after_it(dsn: str, tmp_path
             await check_queries(store, written, t0)
             wanted = len(plan(migrations_dir(), timescale=False))
             assert await count(dsn, "SELECT count(*) FROM schema_migrations") == wanted
-            key = await count(dsn, "SELECT count(*) FROM pg_indexes WHERE tablename = 'ticks'"
-                                   " AND indexdef LIKE '%(symbol, gseq, ts)'")  # fmt: skip
-            assert key == 1
+            assert await count(dsn) == len(written)
+            assert await count(dsn, "SELECT count(*) FROM pg_views WHERE viewname = 'ticks'") == 1
+            # A block per symbol and minute (the rows were never in flushes), none over SPAN gseqs.
+            blocks = await count(dsn, "SELECT count(*) FROM tick_blocks")
+            assert blocks == len({(t.symbol, t.ts // 60_000_000_000, t.gseq // SPAN) for t in written})
         finally:
             await store.close()
 
@@ -238,15 +276,12 @@ def test_a_database_from_before_0006_keeps_answering_after_it(dsn: str, tmp_path
 
 
 @pytest.mark.integration
-@pytest.mark.parametrize("writers", [1, 3])
-def test_candles_equal_the_sqlite_stores(dsn: str, tmp_path: Path, writers: int) -> None:
+def test_candles_equal_the_sqlite_stores(dsn: str, tmp_path: Path) -> None:
     # SQLite aggregates the ticks at query time; PostgreSQL reads one-minute rows kept by a trigger,
-    # merged across flushes that split minutes, and across a second writer whose overlapping rows take
-    # the checked path. Both must give the same candles, also for ranges that cut minutes in two, and
-    # with each flush split in shares over connections (writers=3).
+    # merged across flushes that split minutes, and across a second writer whose overlapping ticks are
+    # found stored and left out. Both must give the same candles, also for ranges that cut minutes in two.
     async def scenario() -> None:
-        options: dict[str, Any] = {"writers": writers, "split_min_rows": 1}
-        pg, other = PostgresHistory(dsn, **options), PostgresHistory(dsn, **options)
+        pg, other = PostgresHistory(dsn), PostgresHistory(dsn)
         lite = SQLiteHistory(tmp_path / "h.sqlite3")
         for store in (pg, other, lite):
             await store.start()
@@ -306,11 +341,11 @@ def test_migrations_are_idempotent_and_partitions_are_made_ahead(dsn: str) -> No
         for s in (*stores[1:], again):
             await s.close()
         wanted = len(plan(migrations_dir(), timescale=False))
-        assert wanted >= 5  # up to 0006_ticks_keys
+        assert wanted >= 7  # up to 0008_tick_blocks
         assert await count(dsn, "SELECT count(*) FROM schema_migrations") == wanted
         today = time.strftime("%Y%m%d", time.gmtime())
-        assert await count(dsn, f"SELECT count(*) FROM pg_class WHERE relname = 'ticks_{today}'") == 1
-        parts = await count(dsn, "SELECT count(*) FROM pg_inherits WHERE inhparent = 'ticks'::regclass")
+        assert await count(dsn, f"SELECT count(*) FROM pg_class WHERE relname = 'tick_blocks_{today}'") == 1
+        parts = await count(dsn, "SELECT count(*) FROM pg_inherits WHERE inhparent = 'tick_blocks'::regclass")
         assert parts >= 4  # yesterday, today, two ahead, and the default
 
     asyncio.run(scenario())
@@ -318,8 +353,10 @@ def test_migrations_are_idempotent_and_partitions_are_made_ahead(dsn: str) -> No
     async def far_past(store: PostgresHistory) -> None:
         store.write(batch(0, ts=DAY_NS))  # 1970-01-02: no partition, the writer makes one
         await store.flush()
-        assert await count(dsn, "SELECT count(*) FROM ticks_19700102") == 3
-        ahead = "SELECT count(*) FROM pg_class WHERE relname IN ('ticks_19700103', 'ticks_19700104')"
+        assert await count(dsn, "SELECT count(*) FROM tick_blocks_19700102") == 3  # a block per symbol
+        ahead = (
+            "SELECT count(*) FROM pg_class WHERE relname IN ('tick_blocks_19700103', 'tick_blocks_19700104')"
+        )
         assert await count(dsn, ahead) == 2  # and keeps two days ahead of the newest tick
 
     run(dsn, far_past)
@@ -450,6 +487,7 @@ def test_migration_plan_per_flavour() -> None:
         "0005_candles_1m.postgres.sql",
         "0006_ticks_keys.postgres.sql",
         "0007_stored_gseq.sql",
+        "0008_tick_blocks.postgres.sql",
     ]
     assert timescale == [
         "0001_schema.timescale.sql",
@@ -457,6 +495,7 @@ def test_migration_plan_per_flavour() -> None:
         "0003_symbol_time_index.timescale.sql",
         "0004_events.sql",
         "0007_stored_gseq.sql",
+        "0008_tick_blocks.timescale.sql",
     ]
 
 
@@ -467,9 +506,10 @@ def test_the_default_partition_catches_a_day_without_one_and_never_blocks_it(dsn
     async def body(store: PostgresHistory) -> None:
         conn = await asyncpg.connect(dsn)
         try:
-            # Another writer (or a partition dropped by hand): the insert lands in the default partition.
+            # Another writer (or a partition dropped by hand): the insert (a block of one tick, through the
+            # `ticks` view) lands in the default partition.
             await conn.execute("INSERT INTO ticks VALUES (1000, 'AAA', 1, $1, 100, 99, 101, 1, 0.2)", day)
-            assert await count(dsn, "SELECT count(*) FROM ticks_default") == 1
+            assert await count(dsn, "SELECT count(*) FROM tick_blocks_default") == 1
         finally:
             await conn.close()
         # The store now writes that day: it needs the day's partition, which PostgreSQL refuses to create
@@ -477,8 +517,8 @@ def test_the_default_partition_catches_a_day_without_one_and_never_blocks_it(dsn
         store.write(batch(1000, ts=day + 10**9))
         await store.flush()
         assert store.health().status is Status.OK
-        assert await count(dsn, "SELECT count(*) FROM ticks_default") == 0
-        assert await count(dsn, "SELECT count(*) FROM ticks_19700106") == 4
+        assert await count(dsn, "SELECT count(*) FROM tick_blocks_default") == 0
+        assert await count(dsn, "SELECT count(*) FROM tick_blocks_19700106") == 4
         stored = await store.ticks(symbols=frozenset({"AAA"}), start_ns=day, end_ns=day + DAY_NS)
         assert [t.gseq for t in stored] == [1000, 3001]
 
@@ -554,8 +594,8 @@ def test_retention_drops_old_partitions_and_old_default_rows(dsn: str) -> None:
     run(dsn, old_ticks)
 
     async def with_retention(store: PostgresHistory) -> None:
-        assert await count(dsn, "SELECT count(*) FROM pg_class WHERE relname = 'ticks_19700102'") == 0
-        assert await count(dsn, "SELECT count(*) FROM ticks_default") == 0
+        assert await count(dsn, "SELECT count(*) FROM pg_class WHERE relname = 'tick_blocks_19700102'") == 0
+        assert await count(dsn, "SELECT count(*) FROM tick_blocks_default") == 0
         assert [t.gseq for t in await store.ticks(symbols=None)] == [4, 5, 6]  # the recent ones stay
 
     run(dsn, with_retention, retention_days=30)
@@ -564,8 +604,8 @@ def test_retention_drops_old_partitions_and_old_default_rows(dsn: str) -> None:
 def test_partition_names_are_utc_days() -> None:
     for day in (0, 1, 19_000, 20_000):
         assert partition_day(partition_name(day)) == day
-    assert partition_name(19_000) == "ticks_20220108"
-    assert partition_day("ticks_default") is None
+    assert partition_name(19_000) == "tick_blocks_20220108"
+    assert partition_day("tick_blocks_default") is None
 
 
 def test_a_database_keeps_the_flavour_it_was_made_with() -> None:

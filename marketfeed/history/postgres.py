@@ -3,34 +3,35 @@
 Start-up applies the versioned migrations in db/migrations idempotently (under an advisory lock, so
 processes starting together do not race): `NNNN_name.timescale.sql` when the extension is usable,
 `NNNN_name.postgres.sql` otherwise, `NNNN_name.sql` for both. A database keeps the flavour its first
-migration chose. A background writer batches ticks and writes them with binary COPY, with the engine
-state: straight into `ticks` when every gseq is newer than the newest stored one, otherwise through a
-staging table and an insert of what is not there yet (by gseq). A small flush is one transaction; a
-large one is split by symbol over `writers` connections, whose backends each take a share of the
-per-row work, and the share with the engine state commits last, after every other. If the database
-is down it retries with capped exponential backoff, keeping a bounded backlog; rows beyond the bound
-go to a spill file when one is configured, else they are counted and logged as dropped.
+migration chose. Ticks are stored in blocks (history/blocks.py: a row of arrays per symbol, flush and
+minute) in `tick_blocks`; `ticks` is a view of them, a row per tick. A background writer batches ticks
+and writes each flush in one transaction: its blocks by binary COPY, then the engine state and the
+events that go with them. Ticks already stored (same gseq) are left out, so nothing is duplicated. If
+the database is down it retries with capped exponential backoff, keeping a bounded backlog; rows
+beyond the bound go to a spill file when one is configured, else they are counted and logged as
+dropped.
 """
 
 from __future__ import annotations
 
 import asyncio
-import bisect
 import calendar
 import contextlib
+import io
 import logging
-import operator
 import re
 import time
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
 
 import asyncpg
+import numpy as np
 import orjson
 
 from marketfeed.health import Health
+from marketfeed.history.blocks import BLOCK_COLUMNS, MINUTE_NS, SPAN, BlockEncoder, Columns
 from marketfeed.history.candles import Bucket, Candle, Interval, merge_buckets
 from marketfeed.ticks import SymbolSet, Tick, TickBatch
 
@@ -46,17 +47,14 @@ def migrations_dir() -> Path:
     raise FileNotFoundError("db/migrations not found beside or inside the marketfeed package")
 
 
-COLUMNS = ("gseq", "symbol", "seq", "ts", "price", "bid", "ask", "size", "vol")
 TICK_FIELDS = ("symbol", "seq", "gseq", "ts", "price", "bid", "ask", "size", "vol")
 DAY_NS = 86_400 * 1_000_000_000
 MIGRATION_LOCK = 0x6D66_6462  # "mfdb": any constant shared by every marketfeed process
 PARTITION_LOCK = 0x6D66_7074  # "mfpt": partition DDL, taken by start-up and by the writer
+# "mfwr": one flush at a time across processes, so the duplicate check of one sees what another wrote.
+WRITE_LOCK = 0x6D66_7772
 DROP_LOG_EVERY_S = 10.0  # an outage drops a batch per engine step: summarise instead of one line each
-# A flush smaller than this stays in one transaction: a live server's 250 ms flush (hundreds of rows)
-# gains nothing from a second round trip and a second backend.
-SPLIT_MIN_ROWS = 4_000
 
-Record = tuple[int, str, int, int, float, float, float, int, float]
 EventRow = tuple[int, int, str, str]
 INSERT_EVENT = "INSERT INTO events (ts, at_step, type, record) VALUES ($1, $2, $3, $4::jsonb)"
 Conn = asyncpg.Connection | asyncpg.pool.PoolConnectionProxy
@@ -70,25 +68,26 @@ DB_ERRORS = (
     asyncpg.InternalClientError,
 )
 
-# A tick already stored (same gseq: re-delivered, or regenerated after a restart) is skipped, so rows
-# are never duplicated, even with another timestamp (which the primary key alone would allow).
-INSERT_NEW = (
-    f"INSERT INTO ticks ({', '.join(COLUMNS)}) "
-    f"SELECT DISTINCT ON (s.gseq) {', '.join('s.' + c for c in COLUMNS)} FROM ticks_staging s "
-    "WHERE NOT EXISTS (SELECT 1 FROM ticks t WHERE t.symbol = s.symbol AND t.gseq = s.gseq) "
-    "ORDER BY s.gseq ON CONFLICT DO NOTHING"
+#: A block's ticks, a row each, in Tick's field order (Tick(*row) is the cheapest way to 10,000 of them).
+UNNEST = (
+    "SELECT b.symbol, t.seq, t.gseq, t.ts, t.price, t.bid, t.ask, t.size, t.vol FROM {blocks} b, "
+    "unnest(b.gseq, b.seq, b.ts, b.price, b.bid, b.ask, b.size, b.vol)"
+    " AS t(gseq, seq, ts, price, bid, ask, size, vol)"
 )
-
-MINUTE_NS = 60_000_000_000
+#: The gseqs stored in blocks that may hold any of (lo, hi]: the writer's duplicate check.
+STORED_GSEQS = (
+    f"SELECT unnest(gseq) FROM tick_blocks WHERE first_gseq > $1::bigint - {SPAN} AND first_gseq <= $2"
+    " AND last_gseq > $1"
+)
 
 
 def within_minutes(symbols: str, first: str, end: str) -> str:
-    """A condition on gseq true for every tick of `symbols` (an SQL comparison such as `= $2`) in
-    minutes starting in [first, end): those minutes' gseq range in candles_1m, which a trigger keeps
-    in the ticks' own transaction. It turns a time range into a range of the (symbol, gseq, ts) key,
-    so ticks needs no (symbol, ts) index (0006_ticks_keys.postgres.sql); `ts` is still filtered."""
+    """A condition on a block's first_gseq true for every block of `symbols` (an SQL comparison such as
+    `= $2`) holding ticks of the minutes starting in [first, end): those minutes' gseq range in
+    candles_1m, which a trigger keeps in the blocks' own transaction. It turns a time range into a
+    range of the (symbol, first_gseq) key."""
     minutes = f"FROM candles_1m WHERE symbol {symbols} AND start >= {first} AND start < {end}"
-    return f"gseq BETWEEN (SELECT min(first_gseq) {minutes}) AND (SELECT max(last_gseq) {minutes})"
+    return f"b.first_gseq BETWEEN (SELECT min(first_gseq) {minutes}) AND (SELECT max(last_gseq) {minutes})"
 
 
 def first_minute(ns: int) -> int:
@@ -136,42 +135,18 @@ def choose_timescale(*, applied: Iterable[str], available: bool, installed: bool
 
 
 def partition_name(day: int) -> str:
-    """The partition of one UTC day (days since the epoch): ticks_YYYYMMDD."""
-    return "ticks_" + time.strftime("%Y%m%d", time.gmtime(day * 86_400))
+    """The partition of one UTC day (days since the epoch): tick_blocks_YYYYMMDD."""
+    return "tick_blocks_" + time.strftime("%Y%m%d", time.gmtime(day * 86_400))
 
 
 def partition_day(name: str) -> int | None:
-    """The UTC day a partition name stands for; None for ticks_default or anything else."""
-    m = re.fullmatch(r"ticks_(\d{8})", name)
+    """The UTC day a partition name stands for; None for tick_blocks_default or anything else."""
+    m = re.fullmatch(r"tick_blocks_(\d{8})", name)
     return calendar.timegm(time.strptime(m[1], "%Y%m%d")) // 86_400 if m else None
 
 
 def event_row(record: Mapping[str, Any]) -> EventRow:
     return (int(record["ts"]), int(record["at_step"]), str(record["type"]), orjson.dumps(record).decode())
-
-
-#: Tick -> Record in COLUMNS order, built in C (a Python function per row costs more than the COPY's
-#: encoding of it).
-tick_record = operator.attrgetter(*COLUMNS)
-RECORD_SYMBOL = operator.itemgetter(COLUMNS.index("symbol"))
-
-
-def split_by_symbol(records: list[Record], n: int) -> list[list[Record]]:
-    """`records`, sorted by symbol, in at most `n` shares of about equal size with no symbol in two.
-    Two shares then never upsert the same candle row or key: a share waiting on another's row lock,
-    while that one waits (in Python) for it to commit, would deadlock where PostgreSQL cannot see."""
-    shares: list[list[Record]] = []
-    start = 0
-    for k in range(1, n):
-        cut = max(len(records) * k // n, start)
-        if cut == 0 or cut >= len(records):
-            continue
-        cut = bisect.bisect_right(records, records[cut - 1][1], lo=cut, key=RECORD_SYMBOL)
-        if cut > start and cut < len(records):
-            shares.append(records[start:cut])
-            start = cut
-    shares.append(records[start:])
-    return shares
 
 
 class PostgresHistory:
@@ -189,14 +164,8 @@ class PostgresHistory:
         migrations: Path | None = None,
         spill_path: Path | None = None,
         close_timeout_s: float = 30.0,
-        writers: int = 2,
-        split_min_rows: int = SPLIT_MIN_ROWS,
     ) -> None:
-        if writers < 1:
-            raise ValueError(f"writers must be at least 1, not {writers}")
         self.dsn = dsn
-        self._writers = writers
-        self._split_min_rows = split_min_rows
         self._flush_s = flush_ms / 1000
         self._flush_rows = flush_rows
         self._max_backlog = max_backlog_rows
@@ -213,6 +182,7 @@ class PostgresHistory:
         self._task: asyncio.Task[None] | None = None
         self._flush_lock = asyncio.Lock()
         self._partitions: set[int] = set()  # days (ts // DAY_NS) known to have a partition
+        self._encoder = BlockEncoder()
         self._error: str | None = None
         self.timescale = False
         # Every tick up to this gseq is stored (the engine is the only writer and gseq only grows): what
@@ -233,12 +203,6 @@ class PostgresHistory:
 
     # --- lifecycle -------------------------------------------------------------------------------
     @property
-    def keeps_minutes(self) -> bool:
-        """Whether candles_1m is the table a trigger keeps with first_gseq and last_gseq (TimescaleDB
-        has a continuous aggregate by that name instead)."""
-        return not self.timescale
-
-    @property
     def pool(self) -> asyncpg.Pool:
         if self._pool is None:
             raise RuntimeError("PostgresHistory used before start()")
@@ -247,9 +211,9 @@ class PostgresHistory:
     async def start(self) -> None:
         # A short connect timeout: an unreachable host (not a refused port) shows as degraded in
         # seconds, not after the 60 s default.
-        # The writers' connections and three for queries.
+        # The writer's connection and three for queries.
         self._pool = await asyncpg.create_pool(
-            self.dsn, min_size=1, max_size=self._writers + 3, command_timeout=60, timeout=10
+            self.dsn, min_size=1, max_size=4, command_timeout=60, timeout=10
         )
         try:
             async with self.pool.acquire() as conn:
@@ -272,14 +236,12 @@ class PostgresHistory:
 
     async def _stored_gseq(self) -> int:
         """The gseq up to which every tick is stored: the watermark the writer commits with each flush
-        (0007_stored_gseq.sql). A database without one was written a flush per transaction, so its
-        newest gseq is that: every stored tick lies inside its minute's gseq range, so it is the
-        newest last_gseq, read from an index (ticks has no B-tree on gseq alone)."""
+        (0007_stored_gseq.sql). A database without one has its newest gseq for that: every stored tick
+        lies inside its minute's gseq range, so it is the newest last_gseq of candles_1m (an index)."""
         mark = await self.pool.fetchval("SELECT stored_gseq FROM engine_state WHERE id = 1")
         if mark is not None:
             return int(mark)
-        newest = "max(last_gseq) FROM candles_1m" if self.keeps_minutes else "max(gseq) FROM ticks"
-        return int(await self.pool.fetchval("SELECT " + newest) or 0)
+        return int(await self.pool.fetchval("SELECT max(last_gseq) FROM candles_1m") or 0)
 
     async def _migrate(self, conn: Conn) -> None:
         """Apply what is missing; the caller holds the migration lock."""
@@ -328,15 +290,15 @@ class PostgresHistory:
         """Make the hypertable's one retention policy match the setting (none when unset: keep all)."""
         current = await conn.fetchval(
             "SELECT (config->>'drop_after')::bigint FROM timescaledb_information.jobs"
-            " WHERE proc_name = 'policy_retention' AND hypertable_name = 'ticks'"
+            " WHERE proc_name = 'policy_retention' AND hypertable_name = 'tick_blocks'"
         )
         wanted = self._retention_days * DAY_NS if self._retention_days else None
         if current == wanted:
             return
         # add_retention_policy(if_not_exists) keeps an old policy with another drop_after: replace it.
-        await conn.execute("SELECT remove_retention_policy('ticks', if_exists => TRUE)")
+        await conn.execute("SELECT remove_retention_policy('tick_blocks', if_exists => TRUE)")
         if wanted is not None:
-            await conn.execute("SELECT add_retention_policy('ticks', drop_after => $1::bigint)", wanted)
+            await conn.execute("SELECT add_retention_policy('tick_blocks', drop_after => $1::bigint)", wanted)
         log.info("TimescaleDB retention: %s", f"{self._retention_days} days" if wanted else "keep all")
 
     async def _ensure_partitions(self, conn: Conn, days: Iterable[int]) -> None:
@@ -351,6 +313,8 @@ class PostgresHistory:
     async def _create_partition(self, conn: Conn, day: int) -> None:
         # Names and bounds are computed here from integers, never from input: safe to format into DDL.
         name, lo, hi = partition_name(day), day * DAY_NS, (day + 1) * DAY_NS
+        # A block row stays in its page as it is, uncompressed (history/blocks.py, BLOCK_TICKS).
+        bounds, storage = f"FOR VALUES FROM ({lo}) TO ({hi})", "WITH (toast_tuple_target = 8160)"
         async with conn.transaction():
             # One creator at a time across processes: two concurrent CREATE TABLE IF NOT EXISTS of one
             # name can still fail (on pg_type's unique index).
@@ -358,21 +322,23 @@ class PostgresHistory:
             if await conn.fetchval("SELECT to_regclass($1) IS NOT NULL", name):
                 return
             stranded = await conn.fetchval(
-                "SELECT EXISTS (SELECT 1 FROM ticks_default WHERE ts >= $1 AND ts < $2)", lo, hi
+                "SELECT EXISTS (SELECT 1 FROM tick_blocks_default WHERE minute >= $1 AND minute < $2)", lo, hi
             )
             if not stranded:
-                await conn.execute(f"CREATE TABLE {name} PARTITION OF ticks FOR VALUES FROM ({lo}) TO ({hi})")
+                await conn.execute(f"CREATE TABLE {name} PARTITION OF tick_blocks {bounds} {storage}")
                 return
             # Rows of that day already sit in the DEFAULT partition, and PostgreSQL refuses a partition
             # that would leave rows of its range there: without this the writer would fail forever.
             # Move them into a new table and attach it, in one transaction.
-            await conn.execute(f"CREATE TABLE {name} (LIKE ticks INCLUDING DEFAULTS INCLUDING CONSTRAINTS)")
-            moved = await conn.execute(
-                f"WITH moved AS (DELETE FROM ticks_default WHERE ts >= {lo} AND ts < {hi} RETURNING *) "
-                f"INSERT INTO {name} SELECT * FROM moved"
+            await conn.execute(
+                f"CREATE TABLE {name} (LIKE tick_blocks INCLUDING DEFAULTS INCLUDING CONSTRAINTS) {storage}"
             )
-            await conn.execute(f"ALTER TABLE ticks ATTACH PARTITION {name} FOR VALUES FROM ({lo}) TO ({hi})")
-            log.warning("moved %s rows of %s out of the default partition", moved.split()[-1], name)
+            moved = await conn.execute(
+                f"WITH moved AS (DELETE FROM tick_blocks_default WHERE minute >= {lo} AND minute < {hi}"
+                f" RETURNING *) INSERT INTO {name} SELECT * FROM moved"
+            )
+            await conn.execute(f"ALTER TABLE tick_blocks ATTACH PARTITION {name} {bounds}")
+            log.warning("moved %s blocks of %s out of the default partition", moved.split()[-1], name)
 
     async def _apply_retention(self, conn: Conn) -> None:
         if not self._retention_days:
@@ -382,7 +348,7 @@ class PostgresHistory:
             await conn.execute("SELECT pg_advisory_xact_lock($1)", PARTITION_LOCK)
             rows = await conn.fetch(
                 "SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid"
-                " WHERE i.inhparent = 'ticks'::regclass"
+                " WHERE i.inhparent = 'tick_blocks'::regclass"
             )
             for r in rows:
                 day = partition_day(r["relname"])
@@ -390,7 +356,7 @@ class PostgresHistory:
                     await conn.execute(f'DROP TABLE IF EXISTS "{r["relname"]}"')
                     self._partitions.discard(day)
                     log.info("retention: dropped partition %s", r["relname"])
-            await conn.execute("DELETE FROM ticks_default WHERE ts < $1", cutoff * DAY_NS)
+            await conn.execute("DELETE FROM tick_blocks_default WHERE minute < $1", cutoff * DAY_NS)
             await conn.execute("DELETE FROM candles_1m WHERE start < $1", cutoff * DAY_NS)
 
     async def close(self) -> None:
@@ -482,12 +448,11 @@ class PostgresHistory:
         lines = await asyncio.to_thread(self._spill_path.read_bytes)
         ticks = [Tick.from_json(line) for line in lines.splitlines() if line]
         for i in range(0, len(ticks), 100_000):
-            chunk = sorted((tick_record(t) for t in ticks[i : i + 100_000]), key=RECORD_SYMBOL)
+            chunk = self._encoder.columns(ticks[i : i + 100_000])
             # A retry after a partial replay re-sends rows already stored: the gseq check skips them.
             # The spill is older than anything pending, in gseq order: all up to this chunk is stored.
-            mark = max([self._max_gseq, *(r[0] for r in chunk)])
-            await self._commit(chunk, None, {r[3] // DAY_NS for r in chunk}, stored_gseq=mark)
-            self.rows_written += len(chunk)
+            mark = max(self._max_gseq, int(chunk.gseq.max()))
+            self.rows_written += await self._commit(chunk, None, stored_gseq=mark)
             self._max_gseq = mark
         self._spill_path.unlink()
         self._spill_rows = 0
@@ -525,23 +490,13 @@ class PostgresHistory:
             # Rows being written still count as backlog until their transaction commits.
             self._inflight_rows = sum(len(b) for b in batches)
             # Only what is newer than the newest stored row, once per gseq: a re-delivered tick, or one
-            # regenerated after a restart, keeps the original.
-            newest = self._max_gseq
-            records: list[Record] = [tick_record(t) for b in batches for t in b.ticks if t.gseq > newest]
-            if len({r[0] for r in records}) != len(records):  # a batch delivered twice: keep the first
-                unique: dict[int, Record] = {}
-                for r in records:
-                    unique.setdefault(r[0], r)
-                records = list(unique.values())
-            # Each symbol's rows together (stable: in gseq order within the symbol), so a symbol's
-            # ticks share heap pages: pages of one symbol read a few pages per flush instead of one
-            # page per tick or two. 5,000-tick pages: p50 12-19 -> 7.5-10 ms, p99 65-83 -> 10-14 ms
-            # (docs/performance.md, section 5); the sort costs ~0.15 us a row.
-            records.sort(key=RECORD_SYMBOL)
+            # regenerated after a restart, keeps the original. Made into columns in a thread: a flush of
+            # 50,000 ticks takes milliseconds.
+            ticks = [t for b in batches for t in b.ticks]
             try:
-                days = {t[3] // DAY_NS for t in records}
-                mark = max([self._max_gseq, *(r[0] for r in records)])
-                await self._commit(records, state, days, events, fast=True, stored_gseq=mark)
+                columns = await asyncio.to_thread(self._encoder.columns, ticks, self._max_gseq)
+                mark = max(self._max_gseq, int(columns.gseq.max())) if len(columns) else self._max_gseq
+                written = await self._commit(columns, state, events, stored_gseq=mark)
             except BaseException as exc:
                 self.write_errors += 1
                 self._error = str(exc) or type(exc).__name__
@@ -554,82 +509,43 @@ class PostgresHistory:
             finally:
                 self._inflight_rows = 0
             self._error = None
-            self.rows_written += len(records)
+            self.rows_written += written
             self._max_gseq = mark
             self.flushes += 1
             oldest = min((b.ticks[0].ts for b in batches if b.ticks), default=time.time_ns())
             self.write_lag_s = max(0.0, (time.time_ns() - oldest) / 1e9)
 
     async def _commit(
-        self,
-        records: list[Record],
-        state: str | None,
-        days: set[int],
-        events: list[EventRow] | None = None,
-        *,
-        fast: bool = False,
-        stored_gseq: int,
-    ) -> None:
-        """Write `records` (sorted by symbol), then the state, events and watermark that go with them.
-
-        A large flush goes in shares over several connections at once, one transaction each; the
-        share that carries the state commits only after all the others have, so a stored state never
-        runs ahead of its ticks. A crash between the commits leaves some shares stored: stored_gseq is
-        still the previous flush's, so the regenerated flush takes the checked path and fills in the
-        rest."""
-        if not records and state is None and not events:
-            return
+        self, columns: Columns, state: str | None, events: list[EventRow] | None = None, *, stored_gseq: int
+    ) -> int:
+        """Write the ticks of `columns` less any already stored, then the state, events and watermark
+        that go with them, in one transaction; the number of ticks written."""
+        if not len(columns) and state is None and not events:
+            return 0
         async with self.pool.acquire() as conn:
+            days = columns.days(DAY_NS)
             if days and not self.timescale:
                 # Every day with ticks, and `ahead` days past the newest, so the partition DDL (which
                 # locks the parent) happens days before the first tick of a day arrives.
                 needed = days | set(range(max(days) + 1, max(days) + 1 + self._ahead))
                 if not needed <= self._partitions:
                     await self._ensure_partitions(conn, needed)
-            shares = split_by_symbol(records, self._writers if len(records) >= self._split_min_rows else 1)
-            others = [asyncio.create_task(self._write_share(share, fast)) for share in shares[:-1]]
-
-            async def finish(c: Conn) -> None:
-                await asyncio.gather(*others)  # raises if a share failed: this one rolls back too
-                await self._save_state(c, state, events, stored_gseq)
-
-            try:
-                await self._write(conn, shares[-1], fast, finish)
-            finally:
-                for task in others:
-                    task.cancel()
-                await asyncio.gather(*others, return_exceptions=True)
-
-    async def _write_share(self, records: list[Record], fast: bool) -> None:
-        async with self.pool.acquire() as conn:
-            await self._write(conn, records, fast, None)
-
-    async def _write(
-        self, conn: Conn, records: list[Record], fast: bool, finish: Callable[[Conn], Awaitable[None]] | None
-    ) -> None:
-        """One transaction of ticks, and `finish` inside it before the commit."""
-        if fast:
-            # Rows newer than anything stored: binary COPY straight into the table. Should a row be
-            # there after all (another writer), the transaction fails and the checked path runs.
-            try:
-                async with conn.transaction():
-                    if records:
-                        await conn.copy_records_to_table("ticks", records=records, columns=COLUMNS)
-                    if finish is not None:
-                        await finish(conn)
-                return
-            except asyncpg.UniqueViolationError:
-                log.warning("history: some ticks were already stored; writing the rest one by one")
-        async with conn.transaction():
-            if records:
-                await conn.execute(
-                    "CREATE TEMP TABLE IF NOT EXISTS ticks_staging "
-                    "(LIKE ticks INCLUDING DEFAULTS) ON COMMIT DELETE ROWS"
-                )
-                await conn.copy_records_to_table("ticks_staging", records=records, columns=COLUMNS)
-                await conn.execute(INSERT_NEW)
-            if finish is not None:
-                await finish(conn)
+            async with conn.transaction():
+                await conn.execute("SELECT pg_advisory_xact_lock($1)", WRITE_LOCK)
+                runs = None
+                if len(columns):
+                    lo, hi = int(columns.gseq.min()), int(columns.gseq.max())
+                    stored = [r[0] for r in await conn.fetch(STORED_GSEQS, lo - 1, hi)]
+                    if stored:
+                        log.warning("history: some ticks were already stored; writing the rest")
+                        columns, runs = columns.without(np.array(stored, dtype=np.int64))
+                if len(columns):
+                    payload, _ = await asyncio.to_thread(self._encoder.encode, columns, runs)
+                    await conn.copy_to_table(
+                        "tick_blocks", source=io.BytesIO(payload), columns=BLOCK_COLUMNS, format="binary"
+                    )
+                await self._save_state(conn, state, events, stored_gseq)
+        return len(columns)
 
     @staticmethod
     async def _save_state(
@@ -657,30 +573,76 @@ class PostgresHistory:
         after_gseq: int = 0,
         limit: int = 1000,
     ) -> list[Tick]:
-        where = ["gseq > $1"]
-        args: list[Any] = [after_gseq]
-        symbol_cond: str | None = None
-        if symbols is not None and len(symbols) == 1:
-            args.append(next(iter(symbols)))  # equality lets the key deliver rows in gseq order
-            symbol_cond = f"= ${len(args)}"
-        elif symbols is not None:
-            args.append(sorted(symbols))
-            symbol_cond = f"= ANY(${len(args)}::text[])"
-        if symbol_cond is not None:
-            where.append("symbol " + symbol_cond)
-        if start_ns is not None or end_ns is not None:
-            lo = start_ns if start_ns is not None else 0
-            args += [lo, end_ns if end_ns is not None else 2**63 - 1]
-            where.append(f"ts >= ${len(args) - 1} AND ts < ${len(args)}")
-            if symbol_cond is not None and self.keeps_minutes:
-                args.append(first_minute(lo))
-                where.append(within_minutes(symbol_cond, f"${len(args)}", f"${len(args) - 1}"))
-        args.append(limit)
-        # Selected in Tick's field order: Tick(*row) is the cheapest way to 10,000 objects.
-        columns, conditions = ", ".join(TICK_FIELDS), " AND ".join(where)
-        sql = f"SELECT {columns} FROM ticks WHERE {conditions} ORDER BY gseq LIMIT ${len(args)}"
-        rows = await self.pool.fetch(sql, *args)
-        return [Tick(*r) for r in rows]
+        if limit <= 0:
+            return []
+        async with self.pool.acquire() as conn:
+            if symbols is not None and len(symbols) == 1 and start_ns is None and end_ns is None:
+                # One symbol's blocks never overlap, and each one past the cursor holds a tick past it:
+                # its next `limit` blocks hold its next `limit` ticks (the key delivers them in order).
+                page = (
+                    "(SELECT * FROM tick_blocks WHERE symbol = $1 AND first_gseq > $2::bigint - "
+                    f"{SPAN} AND last_gseq > $2 ORDER BY first_gseq LIMIT $3)"
+                )
+                sql = UNNEST.format(blocks=page) + " WHERE t.gseq > $2 ORDER BY t.gseq LIMIT $3"
+                return [Tick(*r) for r in await conn.fetch(sql, next(iter(symbols)), after_gseq, limit)]
+            return await self._scan(conn, symbols, start_ns, end_ns, after_gseq, limit)
+
+    @staticmethod
+    async def _scan(
+        conn: Conn, symbols: SymbolSet, start_ns: int | None, end_ns: int | None, after: int, limit: int
+    ) -> list[Tick]:
+        """Ticks in gseq order, read in windows of gseq (lo, hi]: every tick of a window is in a block
+        that starts in (lo - SPAN, hi], so each window's ticks are whole and in order. A window that
+        comes back short jumps to the next block that matches and widens by the density it saw."""
+
+        def where(first: int) -> tuple[list[str], list[str], list[Any]]:
+            blocks: list[str] = []
+            ticks: list[str] = []
+            values: list[Any] = []
+
+            def param(value: Any) -> str:
+                values.append(value)
+                return f"${first + len(values) - 1}"
+
+            names = param(sorted(symbols)) + "::text[]" if symbols is not None else None
+            if names is not None:
+                blocks.append(f"b.symbol = ANY({names})")
+            if start_ns is not None or end_ns is not None:
+                lo = start_ns if start_ns is not None else 0
+                s, m = param(lo), param(first_minute(lo))
+                e = param(end_ns if end_ns is not None else 2**63 - 1)
+                blocks.append(f"b.last_ts >= {s} AND b.first_ts < {e} AND b.minute >= {m} AND b.minute < {e}")
+                ticks.append(f"t.ts >= {s} AND t.ts < {e}")
+                if names is not None:
+                    blocks.append(within_minutes(f"= ANY({names})", m, e))
+            return blocks, ticks, values
+
+        blocks, ticks, values = where(4)
+        window = UNNEST.format(blocks="tick_blocks") + " WHERE " + " AND ".join(
+            [f"b.first_gseq > $1::bigint - {SPAN} AND b.first_gseq <= $2 AND b.last_gseq > $1", *blocks,
+             "t.gseq > $1 AND t.gseq <= $2", *ticks]
+        ) + " ORDER BY t.gseq LIMIT $3"  # fmt: skip
+        blocks, _, _ = where(2)
+        following = "SELECT min(b.first_gseq) FROM tick_blocks b WHERE " + " AND ".join(
+            ["b.first_gseq > $1", *blocks]
+        )
+        out: list[Tick] = []
+        lo, width, tail = after, max(limit, 64), False
+        while True:
+            hi = lo + width
+            rows = await conn.fetch(window, lo, hi, limit - len(out), *values)
+            out += [Tick(*r) for r in rows]
+            if len(out) >= limit:
+                return out
+            nxt = await conn.fetchval(following, hi, *values)
+            if nxt is None:
+                if tail:
+                    return out
+                tail, lo, width = True, hi, SPAN  # what the blocks starting at or before hi hold past it
+                continue
+            missing = limit - len(out)
+            width = min(max(width * missing // len(rows) if rows else width, width), 16 * width)
+            lo, width = hi, max(width, nxt - hi + width)
 
     async def candles(
         self, *, symbol: str, interval: Interval, start_ns: int | None, end_ns: int | None, limit: int
@@ -716,30 +678,22 @@ class PostgresHistory:
         self, symbol: str, interval_ns: int, lo: int, hi: int, limit: int
     ) -> list[Bucket]:
         """Buckets (candles.Bucket) straight from the ticks."""
-        # The same definition as the SQLite store: first and last trade by gseq per bucket.
-        args: list[Any] = [interval_ns, symbol, lo, hi, limit]
-        bounded = ""
-        if self.keeps_minutes:
-            args.append(first_minute(lo))
-            bounded = "AND " + within_minutes("= $2", "$6", "$4")
+        # The same definition as the SQLite store: first and last trade by gseq per bucket. gseq as a
+        # double is exact below 2^53.
         rows = await self.pool.fetch(
             f"""
-            WITH b AS (
-                SELECT ts / $1 AS k, min(gseq) AS g0, max(gseq) AS g1, max(price) AS hi, min(price) AS lo,
-                       sum(size) AS volume, count(*) AS n, sum(price * size) AS pv
-                FROM ticks
-                WHERE symbol = $2 AND ts >= $3 AND ts < $4 {bounded}
-                GROUP BY 1
-            )
-            SELECT b.k * $1 AS start, o.price AS open, b.hi, b.lo, c.price AS close, b.volume, b.n, b.pv,
-                   b.g0, b.g1
-            FROM b
-            JOIN ticks o ON o.symbol = $2 AND o.gseq = b.g0
-            JOIN ticks c ON c.symbol = $2 AND c.gseq = b.g1
-            ORDER BY b.k LIMIT $5
+            SELECT k * $1 AS start, (min(ARRAY[gseq::float8, price]))[2], max(price), min(price),
+                   (max(ARRAY[gseq::float8, price]))[2], sum(size), count(*), sum(price * size),
+                   min(gseq), max(gseq)
+            FROM (SELECT t.ts / $1 AS k, t.gseq, t.price, t.size
+                  FROM tick_blocks b, unnest(b.gseq, b.ts, b.price, b.size) AS t(gseq, ts, price, size)
+                  WHERE b.symbol = $2 AND b.minute >= $6 AND b.minute < $4 AND b.last_ts >= $3
+                    AND b.first_ts < $4 AND {within_minutes("= $2", "$6", "$4")}
+                    AND t.ts >= $3 AND t.ts < $4) x
+            GROUP BY k ORDER BY k LIMIT $5
             """,
-            *args,
-        )
+            interval_ns, symbol, lo, hi, limit, first_minute(lo),
+        )  # fmt: skip
         return [tuple(r) for r in rows]
 
     async def events(
