@@ -21,7 +21,6 @@ buffer per column, so a tick costs no Python call of its own.
 
 from __future__ import annotations
 
-import operator
 import struct
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -30,6 +29,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from marketfeed._engine import tick_columns
 from marketfeed.ticks import Tick
 
 MINUTE_NS = 60_000_000_000
@@ -62,8 +62,6 @@ _ELEMENT_FLOAT = np.dtype([("len", ">i4"), ("v", ">f8")])
 
 
 Array = npt.NDArray[Any]
-_FIELD = {name: operator.itemgetter(i) for i, name in enumerate(Tick._fields)}
-_DTYPES = {c: np.float64 if c in _FLOAT_ARRAYS else np.int64 for c in ARRAY_COLUMNS}
 
 
 @dataclass(frozen=True)
@@ -105,25 +103,22 @@ class BlockEncoder:
 
     def columns(self, ticks: Sequence[Tick], after_gseq: int = 0) -> Columns:
         """The ticks newer than `after_gseq`, once per gseq (the first), sorted into blocks' order: by
-        symbol, and within a symbol in the order given (gseq order). A column at a time, at C speed."""
+        symbol, and within a symbol in the order given (gseq order). The columns are read in C++
+        (`tick_columns`): a pass per column in Python cost 0.3 us a tick."""
+        ticks = list(ticks)
         n = len(ticks)
-        names = list(map(_FIELD["symbol"], ticks))
-        try:
-            symbol = np.fromiter(map(self._ids.__getitem__, names), dtype=np.int64, count=n)
-        except KeyError:
-            for name in dict.fromkeys(names):
+        ints = np.empty((5, n), dtype=np.int64)
+        floats = np.empty((4, n), dtype=np.float64)
+        while (unknown := tick_columns(ticks, self._ids, ints, floats)) >= 0:
+            for name in dict.fromkeys(t.symbol for t in ticks[unknown:]):
                 if name not in self._ids:
                     self._ids[name] = len(self._names)
                     self._names.append(name)
                     data = name.encode()
                     self._rows.append(_FIELDS + struct.pack(">i", len(data)) + data)
-            symbol = np.fromiter(map(self._ids.__getitem__, names), dtype=np.int64, count=n)
-        arrays = {
-            c: np.fromiter(
-                map(_FIELD[c], ticks), dtype=np.float64 if c in _FLOAT_ARRAYS else np.int64, count=n
-            )
-            for c in ARRAY_COLUMNS
-        }
+        symbol = ints[0]
+        arrays = {"gseq": ints[2], "seq": ints[1], "ts": ints[3], "price": floats[0], "bid": floats[1],
+                  "ask": floats[2], "size": ints[4], "vol": floats[3]}  # fmt: skip
         g = arrays["gseq"]
         keep: Array | None = None
         if n and not (g[0] > after_gseq and np.all(g[1:] > g[:-1])):  # in order and new: nothing to drop
