@@ -60,7 +60,7 @@ def test_tick_columns_refuses_what_is_not_a_list_of_ticks_or_outputs_of_the_wron
     with pytest.raises(TypeError, match="must be a Tick"):
         tick_columns([(1, 2)], {"A": 0}, ints, floats)
     with pytest.raises(TypeError):
-        tick_columns([good._replace(seq="one")], {"A": 0}, ints, floats)
+        tick_columns([("A", "one", 2, 3, 4.5, 4.0, 5.0, 7, 0.2)], {"A": 0}, ints, floats)
     with pytest.raises(ValueError, match="5 x len"):
         tick_columns([good, good], {"A": 0}, ints, floats)
     with pytest.raises(TypeError):  # a float32 output would be a silent copy: refused, not converted
