@@ -102,3 +102,21 @@ async def check_queries(store: Store, written: list[Tick], t0: int) -> None:
             assert [
                 (c.start, c.open, c.high, c.low, c.close, c.volume, c.trades) for c in got_candles
             ] == want_candles, (start, end, interval)
+    # Pages of a few ticks (a store reads them in rounds and windows that grow with what it found).
+    for (start, end), symbols in itertools.product(
+        windows[:4], [frozenset({"AAA"}), frozenset({"BBB", "CCC"}), None]
+    ):
+        pages: list[Tick] = []
+        after = 0
+        while page := await store.ticks(
+            symbols=symbols, start_ns=start, end_ns=end, after_gseq=after, limit=37
+        ):
+            assert len(page) <= 37
+            pages += page
+            after = page[-1].gseq
+        want = [
+            t for t in written
+            if (symbols is None or t.symbol in symbols) and (start is None or t.ts >= start)
+            and (end is None or t.ts < end)
+        ]  # fmt: skip
+        assert pages == want, (start, end, symbols)

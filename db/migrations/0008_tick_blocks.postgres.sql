@@ -34,6 +34,8 @@ CREATE TABLE tick_blocks (
 CREATE TABLE tick_blocks_default PARTITION OF tick_blocks DEFAULT WITH (toast_tuple_target = 8160);
 -- Every symbol's blocks of a gseq range: pages across symbols, and the writer's duplicate check.
 CREATE INDEX tick_blocks_first_gseq ON tick_blocks (first_gseq);
+-- Where a time range starts and ends in gseq, across all symbols (ALL_MINUTES in postgres.py).
+CREATE INDEX tick_blocks_minute ON tick_blocks (minute, first_gseq) INCLUDE (last_gseq);
 
 -- The day partitions of the ticks already stored, then their blocks: a block per symbol, minute and
 -- SPAN of gseq (a row per tick made no flushes to keep apart), at most 100 ticks each.
@@ -49,15 +51,23 @@ BEGIN
 END $$;
 
 INSERT INTO tick_blocks
-SELECT symbol, ts / 60000000000 * 60000000000, min(gseq), max(gseq), min(ts), max(ts),
+SELECT symbol, min(ts) / 60000000000 * 60000000000, min(gseq), max(gseq), min(ts), max(ts),
        (array_agg(price ORDER BY gseq))[1], max(price), min(price), (array_agg(price ORDER BY gseq DESC))[1],
        sum(size), count(*), sum(price * size),
        array_agg(gseq ORDER BY gseq), array_agg(seq ORDER BY gseq), array_agg(ts ORDER BY gseq),
        array_agg(price ORDER BY gseq), array_agg(bid ORDER BY gseq), array_agg(ask ORDER BY gseq),
        array_agg(size ORDER BY gseq), array_agg(vol ORDER BY gseq)
-FROM (SELECT *, (row_number() OVER (PARTITION BY symbol, ts / 60000000000, gseq / 65536 ORDER BY gseq) - 1) / 100 AS part
-      FROM ticks) t
-GROUP BY symbol, ts / 60000000000, gseq / 65536, part;
+FROM (
+    -- Runs of a symbol's ticks in gseq order within one minute and one SPAN (a clock set back can
+    -- bring a minute back later: that is another run, so one symbol's blocks never overlap), cut
+    -- every 100 ticks.
+    SELECT *, (row_number() OVER (PARTITION BY symbol, run ORDER BY gseq) - 1) / 100 AS part
+    FROM (SELECT *, sum(cut) OVER (PARTITION BY symbol ORDER BY gseq) AS run
+          FROM (SELECT *, CASE WHEN lag(ts / 60000000000) OVER w = ts / 60000000000
+                                AND lag(gseq / 65536) OVER w = gseq / 65536 THEN 0 ELSE 1 END AS cut
+                FROM ticks WINDOW w AS (PARTITION BY symbol ORDER BY gseq)) cuts) runs
+) t
+GROUP BY symbol, run, part;
 
 DROP TABLE ticks CASCADE;
 DROP FUNCTION IF EXISTS ticks_to_minutes();

@@ -81,13 +81,16 @@ STORED_GSEQS = (
 )
 
 
-def within_minutes(symbols: str, first: str, end: str) -> str:
-    """A condition on a block's first_gseq true for every block of `symbols` (an SQL comparison such as
-    `= $2`) holding ticks of the minutes starting in [first, end): those minutes' gseq range in
-    candles_1m, which a trigger keeps in the blocks' own transaction. It turns a time range into a
-    range of the (symbol, first_gseq) key."""
-    minutes = f"FROM candles_1m WHERE symbol {symbols} AND start >= {first} AND start < {end}"
-    return f"b.first_gseq BETWEEN (SELECT min(first_gseq) {minutes}) AND (SELECT max(last_gseq) {minutes})"
+#: The gseq range of the ticks of some symbols in the minutes starting in [$2, $3): candles_1m keeps
+#: each symbol-minute's first and last gseq in the blocks' own transaction. It turns a time range
+#: into a range of the (symbol, first_gseq) key. Asked on its own: inside a larger query the planner
+#: took max(last_gseq) from the last_gseq index, filtering 135,000 minutes to find one (50 ms).
+SYMBOL_MINUTES = (
+    "SELECT min(first_gseq), max(last_gseq) FROM candles_1m"
+    " WHERE symbol = ANY($1::text[]) AND start >= $2 AND start < $3"
+)
+#: The same for every symbol, from the blocks' (minute, first_gseq) index.
+ALL_MINUTES = "SELECT min(first_gseq), max(last_gseq) FROM tick_blocks WHERE minute >= $1 AND minute < $2"
 
 
 def first_minute(ns: int) -> int:
@@ -577,15 +580,29 @@ class PostgresHistory:
             return []
         async with self.pool.acquire() as conn:
             if symbols is not None and len(symbols) == 1 and start_ns is None and end_ns is None:
-                # One symbol's blocks never overlap, and each one past the cursor holds a tick past it:
-                # its next `limit` blocks hold its next `limit` ticks (the key delivers them in order).
-                page = (
-                    "(SELECT * FROM tick_blocks WHERE symbol = $1 AND first_gseq > $2::bigint - "
-                    f"{SPAN} AND last_gseq > $2 ORDER BY first_gseq LIMIT $3)"
-                )
-                sql = UNNEST.format(blocks=page) + " WHERE t.gseq > $2 ORDER BY t.gseq LIMIT $3"
-                return [Tick(*r) for r in await conn.fetch(sql, next(iter(symbols)), after_gseq, limit)]
+                return await self._symbol_page(conn, next(iter(symbols)), after_gseq, limit)
             return await self._scan(conn, symbols, start_ns, end_ns, after_gseq, limit)
+
+    @staticmethod
+    async def _symbol_page(conn: Conn, symbol: str, after: int, limit: int) -> list[Tick]:
+        """One symbol's next `limit` ticks. Its blocks never overlap, so they come in order from its
+        key, a round of `count` blocks at a time; each block past the cursor holds a tick past it, so a
+        round that gives fewer ticks than blocks asked for has read them all. The first round asks for
+        as many blocks as a page of full-minute blocks needs; the next ones by the ticks a block held."""
+        blocks = (
+            "(SELECT * FROM tick_blocks WHERE symbol = $1 AND first_gseq > $2::bigint - "
+            f"{SPAN} AND last_gseq > $2 ORDER BY first_gseq LIMIT $3)"
+        )
+        sql = UNNEST.format(blocks=blocks) + " WHERE t.gseq > $2 ORDER BY t.gseq LIMIT $4"
+        out: list[Tick] = []
+        count = limit // 64 + 1
+        while True:
+            rows = await conn.fetch(sql, symbol, after, count, limit - len(out))
+            out += [Tick(*r) for r in rows]
+            if len(out) >= limit or len(rows) < count:
+                return out
+            after = out[-1].gseq
+            count = min(limit - len(out), (limit - len(out)) * count // len(rows) * 5 // 4 + 1)
 
     @staticmethod
     async def _scan(
@@ -595,54 +612,58 @@ class PostgresHistory:
         that starts in (lo - SPAN, hi], so each window's ticks are whole and in order. A window that
         comes back short jumps to the next block that matches and widens by the density it saw."""
 
-        def where(first: int) -> tuple[list[str], list[str], list[Any]]:
-            blocks: list[str] = []
-            ticks: list[str] = []
-            values: list[Any] = []
+        lo, top = after, 2**63 - 1
+        blocks: list[str] = []
+        ticks: list[str] = []
+        values: list[Any] = []
 
-            def param(value: Any) -> str:
-                values.append(value)
-                return f"${first + len(values) - 1}"
+        def param(value: Any) -> str:
+            values.append(value)
+            return f"${len(values)}"
 
-            names = param(sorted(symbols)) + "::text[]" if symbols is not None else None
-            if names is not None:
-                blocks.append(f"b.symbol = ANY({names})")
-            if start_ns is not None or end_ns is not None:
-                lo = start_ns if start_ns is not None else 0
-                s, m = param(lo), param(first_minute(lo))
-                e = param(end_ns if end_ns is not None else 2**63 - 1)
-                blocks.append(f"b.last_ts >= {s} AND b.first_ts < {e} AND b.minute >= {m} AND b.minute < {e}")
-                ticks.append(f"t.ts >= {s} AND t.ts < {e}")
-                if names is not None:
-                    blocks.append(within_minutes(f"= ANY({names})", m, e))
-            return blocks, ticks, values
-
-        blocks, ticks, values = where(4)
+        if symbols is not None:
+            blocks.append(f"b.symbol = ANY({param(sorted(symbols))}::text[])")
+        if start_ns is not None or end_ns is not None:
+            first = start_ns if start_ns is not None else 0
+            end = end_ns if end_ns is not None else 2**63 - 1
+            # The ticks of those minutes lie in a gseq range: start there, stop at its end.
+            if symbols is not None:
+                row = await conn.fetchrow(SYMBOL_MINUTES, sorted(symbols), first_minute(first), end)
+            else:
+                row = await conn.fetchrow(ALL_MINUTES, first_minute(first), end)
+            if row is None or row[0] is None:
+                return []
+            lo, top = max(lo, row[0] - 1), row[1]
+            s, e, m = param(first), param(end), param(first_minute(first))
+            blocks.append(f"b.last_ts >= {s} AND b.first_ts < {e} AND b.minute >= {m} AND b.minute < {e}")
+            ticks.append(f"t.ts >= {s} AND t.ts < {e}")
+        # The window's bounds follow the conditions' parameters.
+        a, b, c = (f"${len(values) + k}" for k in (1, 2, 3))
         window = UNNEST.format(blocks="tick_blocks") + " WHERE " + " AND ".join(
-            [f"b.first_gseq > $1::bigint - {SPAN} AND b.first_gseq <= $2 AND b.last_gseq > $1", *blocks,
-             "t.gseq > $1 AND t.gseq <= $2", *ticks]
-        ) + " ORDER BY t.gseq LIMIT $3"  # fmt: skip
-        blocks, _, _ = where(2)
+            [f"b.first_gseq > {a}::bigint - {SPAN} AND b.first_gseq <= {b} AND b.last_gseq > {a}", *blocks,
+             f"t.gseq > {a} AND t.gseq <= {b}", *ticks]
+        ) + f" ORDER BY t.gseq LIMIT {c}"  # fmt: skip
         following = "SELECT min(b.first_gseq) FROM tick_blocks b WHERE " + " AND ".join(
-            ["b.first_gseq > $1", *blocks]
+            [f"b.first_gseq > {a} AND b.first_gseq <= {b}", *blocks]
         )
         out: list[Tick] = []
-        lo, width, tail = after, max(limit, 64), False
-        while True:
+        width, tail = max(limit, 64), False
+        while lo < top:
             hi = lo + width
-            rows = await conn.fetch(window, lo, hi, limit - len(out), *values)
+            rows = await conn.fetch(window, *values, lo, hi, limit - len(out))
             out += [Tick(*r) for r in rows]
             if len(out) >= limit:
-                return out
-            nxt = await conn.fetchval(following, hi, *values)
+                break
+            nxt = await conn.fetchval(following, *values, hi, top)
             if nxt is None:
                 if tail:
-                    return out
+                    break
                 tail, lo, width = True, hi, SPAN  # what the blocks starting at or before hi hold past it
                 continue
             missing = limit - len(out)
             width = min(max(width * missing // len(rows) if rows else width, width), 16 * width)
             lo, width = hi, max(width, nxt - hi + width)
+        return out
 
     async def candles(
         self, *, symbol: str, interval: Interval, start_ns: int | None, end_ns: int | None, limit: int
@@ -678,22 +699,26 @@ class PostgresHistory:
         self, symbol: str, interval_ns: int, lo: int, hi: int, limit: int
     ) -> list[Bucket]:
         """Buckets (candles.Bucket) straight from the ticks."""
-        # The same definition as the SQLite store: first and last trade by gseq per bucket. gseq as a
-        # double is exact below 2^53.
-        rows = await self.pool.fetch(
-            f"""
-            SELECT k * $1 AS start, (min(ARRAY[gseq::float8, price]))[2], max(price), min(price),
-                   (max(ARRAY[gseq::float8, price]))[2], sum(size), count(*), sum(price * size),
-                   min(gseq), max(gseq)
-            FROM (SELECT t.ts / $1 AS k, t.gseq, t.price, t.size
-                  FROM tick_blocks b, unnest(b.gseq, b.ts, b.price, b.size) AS t(gseq, ts, price, size)
-                  WHERE b.symbol = $2 AND b.minute >= $6 AND b.minute < $4 AND b.last_ts >= $3
-                    AND b.first_ts < $4 AND {within_minutes("= $2", "$6", "$4")}
-                    AND t.ts >= $3 AND t.ts < $4) x
-            GROUP BY k ORDER BY k LIMIT $5
-            """,
-            interval_ns, symbol, lo, hi, limit, first_minute(lo),
-        )  # fmt: skip
+        async with self.pool.acquire() as conn:
+            g0, g1 = await conn.fetchrow(SYMBOL_MINUTES, [symbol], first_minute(lo), hi) or (None, None)
+            if g0 is None:
+                return []
+            # The same definition as the SQLite store: first and last trade by gseq per bucket. gseq as
+            # a double is exact below 2^53.
+            rows = await conn.fetch(
+                """
+                SELECT k * $1 AS start, (min(ARRAY[gseq::float8, price]))[2], max(price), min(price),
+                       (max(ARRAY[gseq::float8, price]))[2], sum(size), count(*), sum(price * size),
+                       min(gseq), max(gseq)
+                FROM (SELECT t.ts / $1 AS k, t.gseq, t.price, t.size
+                      FROM tick_blocks b, unnest(b.gseq, b.ts, b.price, b.size) AS t(gseq, ts, price, size)
+                      WHERE b.symbol = $2 AND b.first_gseq BETWEEN $7 AND $8 AND b.minute >= $6
+                        AND b.minute < $4 AND b.last_ts >= $3 AND b.first_ts < $4
+                        AND t.ts >= $3 AND t.ts < $4) x
+                GROUP BY k ORDER BY k LIMIT $5
+                """,
+                interval_ns, symbol, lo, hi, limit, first_minute(lo), g0, g1,
+            )  # fmt: skip
         return [tuple(r) for r in rows]
 
     async def events(
