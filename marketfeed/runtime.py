@@ -37,16 +37,29 @@ log = logging.getLogger(__name__)
 
 #: A shutdown phase slower than this is logged as a warning, with how long it took.
 SLOW_SHUTDOWN_S = 1.0
+STILL_RUNNING_S = 5.0
 #: How long shutdown gives the quote cache, in all, for the updates still queued.
 DRAIN_S = 2.0
 
 
 @contextlib.asynccontextmanager
 async def _timed(phase: str) -> AsyncIterator[None]:
+    """Log a phase slower than SLOW_SHUTDOWN_S when it ends, and every STILL_RUNNING_S while it runs:
+    a phase that never ends (a stop that a test harness killed after 60 s) then says which it was."""
     t0 = time.monotonic()
+
+    async def watch() -> None:
+        while True:
+            await asyncio.sleep(STILL_RUNNING_S)
+            log.warning("shutdown: %s still running after %.0f s", phase, time.monotonic() - t0)
+
+    watchdog = asyncio.create_task(watch(), name=f"shutdown watchdog: {phase}")
     try:
         yield
     finally:
+        watchdog.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await watchdog
         if (took := time.monotonic() - t0) > SLOW_SHUTDOWN_S:
             log.warning("shutdown: %s took %.1f s", phase, took)
 

@@ -20,6 +20,7 @@ def test_a_hung_quote_cache_holds_the_stop_for_drain_s_in_all_and_the_loss_is_co
 ) -> None:
     monkeypatch.setattr(runtime, "DRAIN_S", 0.5)
     monkeypatch.setattr(runtime, "SLOW_SHUTDOWN_S", 0.2)
+    monkeypatch.setattr(runtime, "STILL_RUNNING_S", 0.15)
     updates: list[int] = []
 
     async def hangs(batch: TickBatch) -> None:
@@ -44,3 +45,5 @@ def test_a_hung_quote_cache_holds_the_stop_for_drain_s_in_all_and_the_loss_is_co
     messages = [r.getMessage() for r in caplog.records]
     assert any("9 dropped" in m for m in messages), messages
     assert any(m.startswith("shutdown: writing the last quotes took") for m in messages), messages
+    # While it ran, it said so (a phase that never ends is named before the process is killed).
+    assert any(m.startswith("shutdown: writing the last quotes still running after") for m in messages)
