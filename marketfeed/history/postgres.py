@@ -18,6 +18,7 @@ import asyncio
 import calendar
 import contextlib
 import io
+import itertools
 import logging
 import re
 import time
@@ -73,6 +74,11 @@ UNNEST = (
     "SELECT b.symbol, t.seq, t.gseq, t.ts, t.price, t.bid, t.ask, t.size, t.vol FROM {blocks} b, "
     "unnest(b.gseq, b.seq, b.ts, b.price, b.bid, b.ask, b.size, b.vol)"
     " AS t(gseq, seq, ts, price, bid, ask, size, vol)"
+)
+#: One symbol's blocks holding ticks past a gseq, in order, with their ticks' columns in Tick's order.
+SYMBOL_BLOCKS = (
+    "SELECT symbol, seq, gseq, ts, price, bid, ask, size, vol FROM tick_blocks"
+    f" WHERE symbol = $1 AND first_gseq > $2::bigint - {SPAN} AND last_gseq > $2 ORDER BY first_gseq LIMIT $3"
 )
 #: The gseqs stored in blocks that may hold any of (lo, hi]: the writer's duplicate check.
 STORED_GSEQS = (
@@ -586,23 +592,22 @@ class PostgresHistory:
     @staticmethod
     async def _symbol_page(conn: Conn, symbol: str, after: int, limit: int) -> list[Tick]:
         """One symbol's next `limit` ticks. Its blocks never overlap, so they come in order from its
-        key, a round of `count` blocks at a time; each block past the cursor holds a tick past it, so a
-        round that gives fewer ticks than blocks asked for has read them all. The first round asks for
-        as many blocks as a page of full-minute blocks needs; the next ones by the ticks a block held."""
-        blocks = (
-            "(SELECT * FROM tick_blocks WHERE symbol = $1 AND first_gseq > $2::bigint - "
-            f"{SPAN} AND last_gseq > $2 ORDER BY first_gseq LIMIT $3)"
-        )
-        sql = UNNEST.format(blocks=blocks) + " WHERE t.gseq > $2 ORDER BY t.gseq LIMIT $4"
+        key, `count` blocks a round, and only the first can hold ticks up to the cursor. The first
+        round asks for as many blocks as a page of 50-tick blocks needs; the next ones by what a block
+        held. The arrays are turned into ticks here: unnesting them in SQL and sorting the rows there
+        took twice as long (20 + 6 ms against 6 + 7 ms for 10,000 ticks of 60-tick blocks)."""
         out: list[Tick] = []
-        count = limit // 64 + 1
+        count, read = limit // 50 + 1, 0
         while True:
-            rows = await conn.fetch(sql, symbol, after, count, limit - len(out))
-            out += [Tick(*r) for r in rows]
-            if len(out) >= limit or len(rows) < count:
-                return out
-            after = out[-1].gseq
-            count = min(limit - len(out), (limit - len(out)) * count // len(rows) * 5 // 4 + 1)
+            blocks = await conn.fetch(SYMBOL_BLOCKS, symbol, after, count)
+            for b in blocks:
+                ticks = list(map(Tick, itertools.repeat(b[0]), *b[1:]))
+                out += ticks if ticks[0].gseq > after else [t for t in ticks if t.gseq > after]
+            if len(out) >= limit or len(blocks) < count:
+                return out[:limit]
+            after, read = out[-1].gseq, read + len(blocks)
+            missing = limit - len(out)
+            count = min(missing, missing * read // len(out) * 5 // 4 + 1)
 
     @staticmethod
     async def _scan(
