@@ -1,8 +1,8 @@
 """Tick blocks: how the PostgreSQL store lays a flush out on disk, and its binary COPY payload.
 
 A row per tick made every tick enter a B-tree keyed by symbol (and two BRIN indexes and a candle
-trigger): about 5 microseconds of the database's CPU per tick, a fifth of what a bare COPY of the same
-rows costs (docs/performance.md, section 3). A block is one symbol's ticks of one flush within one
+trigger): 5-8 microseconds of the database's CPU per tick, 5-8 times what a bare COPY of the same rows
+costs (docs/performance.md, section 3). A block is one symbol's ticks of one flush within one
 minute, stored as a row of arrays, one array per tick column, in gseq order, with the minute's OHLCV
 of those ticks beside them (TimescaleDB's compressed chunks keep a segment per symbol in the same way).
 The keys and the candle trigger then see a row per block instead of one per tick.
@@ -13,7 +13,7 @@ at most BLOCK_TICKS ticks, so that a row stays within a page, stored as it is (t
 a larger one would be compressed or moved to the TOAST table, which costs more than the row. One
 symbol's blocks never overlap in gseq: a symbol's ticks of one flush are all in its blocks of that
 flush, and each flush holds only ticks newer than the previous one, or the ones missing from the store
-(`runs` cuts a block wherever a stored tick of the symbol lies between two missing ones).
+(`Columns.without` numbers the runs between stored ticks, and a block never spans two runs).
 
 The payload is PostgreSQL's binary COPY format, built with NumPy: a row's arrays are slices of one
 buffer per column, so a tick costs no Python call of its own.
@@ -80,7 +80,7 @@ class Columns:
         return self.arrays["gseq"]
 
     def days(self, day_ns: int) -> set[int]:
-        return set((self.arrays["ts"] // day_ns).tolist()) if len(self) else set()
+        return set(np.unique(self.arrays["ts"] // day_ns).tolist())
 
     def without(self, stored: Array) -> tuple[Columns, Array]:
         """These columns less the ticks whose gseq is in `stored`, and a run number for each tick kept
