@@ -62,6 +62,12 @@ def batches(steps: int, assets: int, start_ns: int, step_ns: int, first: int = 0
 
 
 Store = SQLiteHistory | PostgresHistory
+QUERIES = (
+    "1-minute candles, one symbol, one day",
+    "10,000-tick page",
+    "1,000 ticks across all symbols",
+    "an hour of one symbol",
+)
 
 
 async def ingest(store: Store, data: list[TickBatch], bound: int) -> tuple[float, int]:
@@ -150,8 +156,10 @@ async def postgres_baseline(dsn: str, data: list[TickBatch]) -> float:
     return len(rows) / elapsed
 
 
-async def queries(dsn: str, rows: int, repeat: int) -> tuple[list[float], list[float]]:
-    """Fill a table of `rows` ticks over one day, then time a day of 1-minute candles and a page."""
+async def queries(dsn: str, rows: int, repeat: int) -> dict[str, list[float]]:
+    """Fill a table of `rows` ticks over one day, then time a day of 1-minute candles and a page (the
+    targets), and two reads the server also makes: a page across all symbols (an SSE client resuming
+    from the history) and an hour of one symbol (a replay)."""
     assets = 100
     steps = rows // assets
     day0 = (time.time_ns() // DAY_NS - 1) * DAY_NS
@@ -165,7 +173,7 @@ async def queries(dsn: str, rows: int, repeat: int) -> tuple[list[float], list[f
     conn = await asyncpg.connect(dsn)
     await conn.execute("VACUUM ANALYZE")  # what autovacuum does on a running server
     await conn.close()
-    candle_ms, page_ms = [], []
+    times: dict[str, list[float]] = {name: [] for name in QUERIES}
     # One cold round first (the freshly loaded pages are read for the first time, the statements are
     # prepared): reported on its own, not mixed into the steady-state percentiles.
     t0 = time.perf_counter()
@@ -173,19 +181,26 @@ async def queries(dsn: str, rows: int, repeat: int) -> tuple[list[float], list[f
     await store.ticks(symbols=frozenset({"S001"}), after_gseq=rows // 3, limit=10_000)
     print(f"  first (cold) candles + page: {(time.perf_counter() - t0) * 1000:.0f} ms")
     for i in range(repeat):
-        t0 = time.perf_counter()
-        candles = await store.candles(
-            symbol="S007", interval=Interval.M1, start_ns=day0, end_ns=day0 + DAY_NS, limit=5000
-        )
-        candle_ms.append((time.perf_counter() - t0) * 1000)
-        t0 = time.perf_counter()
         symbol = frozenset({f"S{i % assets:03d}"})
-        page = await store.ticks(symbols=symbol, after_gseq=(i * 7919) % rows // 2, limit=10_000)
-        page_ms.append((time.perf_counter() - t0) * 1000)
-        if i == 0 and (not candles or not page):
-            raise RuntimeError("the query benchmark found no data")
+        hour = day0 + (i * 3_600_000_000_000) % (DAY_NS - 3_600_000_000_000)
+        runs = {
+            QUERIES[0]: store.candles(
+                symbol="S007", interval=Interval.M1, start_ns=day0, end_ns=day0 + DAY_NS, limit=5000
+            ),
+            QUERIES[1]: store.ticks(symbols=symbol, after_gseq=(i * 7919) % rows // 2, limit=10_000),
+            QUERIES[2]: store.ticks(symbols=None, after_gseq=(i * 7919) % rows // 2, limit=1000),
+            QUERIES[3]: store.ticks(
+                symbols=symbol, start_ns=hour, end_ns=hour + 3_600_000_000_000, limit=10_000
+            ),
+        }
+        for name, query in runs.items():
+            t0 = time.perf_counter()
+            found = await query
+            times[name].append((time.perf_counter() - t0) * 1000)
+            if i == 0 and not found:
+                raise RuntimeError(f"the query benchmark found no data: {name}")
     await store.close()
-    return candle_ms, page_ms
+    return times
 
 
 def row(name: str, rate: float, base: float, worst: int, what: str) -> str:
@@ -247,10 +262,10 @@ async def main_async(args: argparse.Namespace) -> None:
         data.clear()
         quiet_garbage_collector()  # again: what is alive now is frozen out of collections too
         dsn = await asyncio.to_thread(server.create_database, "queries")
-        candle_ms, page_ms = await queries(dsn, args.rows, args.repeat)
+        times = await queries(dsn, args.rows, args.repeat)
         filled = f"{args.rows:,} ticks (PostgreSQL)"
         print(f"\nqueries on {filled}, {args.repeat} runs:")
-        for name, ms in (("1-minute candles, one symbol, one day", candle_ms), ("10,000-tick page", page_ms)):
+        for name, ms in times.items():
             p50, p99 = statistics.median(ms), pct(ms, 0.99)
             print(f"  {name:<38} p50 {p50:.1f} ms, p99 {p99:.1f} ms, slowest {max(ms):.1f} ms")
     finally:

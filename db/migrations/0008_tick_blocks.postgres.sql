@@ -34,6 +34,13 @@ CREATE TABLE tick_blocks (
 CREATE TABLE tick_blocks_default PARTITION OF tick_blocks DEFAULT WITH (toast_tuple_target = 8160);
 -- Every symbol's blocks of a gseq range: pages across symbols, and the writer's duplicate check.
 CREATE INDEX tick_blocks_first_gseq ON tick_blocks (first_gseq);
+-- The widest block's last_gseq - first_gseq (under 65,536), kept by the trigger below: a read of the
+-- ticks of (lo, hi] needs the blocks starting in [lo - span, hi] only.
+CREATE TABLE tick_blocks_span (
+    id   integer PRIMARY KEY CHECK (id = 1),
+    span bigint  NOT NULL
+);
+INSERT INTO tick_blocks_span VALUES (1, 0);
 -- Where a time range starts and ends in gseq, across all symbols (ALL_MINUTES in postgres.py).
 CREATE INDEX tick_blocks_minute ON tick_blocks (minute, first_gseq) INCLUDE (last_gseq);
 
@@ -69,11 +76,13 @@ FROM (
 ) t
 GROUP BY symbol, run, part;
 
+UPDATE tick_blocks_span SET span = (SELECT coalesce(max(last_gseq - first_gseq), 0) FROM tick_blocks);
+
 DROP TABLE ticks CASCADE;
 DROP FUNCTION IF EXISTS ticks_to_minutes();
 
 -- candles_1m, kept per statement from the blocks' own OHLCV: a row per block, not per tick. A minute
--- split over several blocks keeps the earliest open and the latest close, by gseq.
+-- split over several blocks keeps the earliest open and the latest close, by gseq. And the span.
 CREATE FUNCTION blocks_to_minutes() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
     INSERT INTO candles_1m
@@ -94,6 +103,8 @@ BEGIN
         pv = candles_1m.pv + excluded.pv,
         first_gseq = least(candles_1m.first_gseq, excluded.first_gseq),
         last_gseq = greatest(candles_1m.last_gseq, excluded.last_gseq);
+    UPDATE tick_blocks_span SET span = n.span
+    FROM (SELECT max(last_gseq - first_gseq) AS span FROM new_blocks) n WHERE n.span > tick_blocks_span.span;
     RETURN NULL;
 END
 $$;

@@ -30,6 +30,13 @@ CREATE TABLE tick_blocks (
 SELECT create_hypertable('tick_blocks', by_range('minute', 86400000000000), if_not_exists => TRUE);
 SELECT set_integer_now_func('tick_blocks', 'marketfeed_now_ns', replace_if_exists => TRUE);
 CREATE INDEX tick_blocks_first_gseq ON tick_blocks (first_gseq);
+-- The widest block's last_gseq - first_gseq (under 65,536), kept by the trigger below: a read of the
+-- ticks of (lo, hi] needs the blocks starting in [lo - span, hi] only.
+CREATE TABLE tick_blocks_span (
+    id   integer PRIMARY KEY CHECK (id = 1),
+    span bigint  NOT NULL
+);
+INSERT INTO tick_blocks_span VALUES (1, 0);
 CREATE INDEX tick_blocks_minute ON tick_blocks (minute, first_gseq) INCLUDE (last_gseq);
 
 INSERT INTO tick_blocks
@@ -73,6 +80,8 @@ SELECT symbol, minute, (min(ARRAY[first_gseq::float8, open]))[2], max(high), min
 FROM tick_blocks
 GROUP BY 1, 2;
 
+UPDATE tick_blocks_span SET span = (SELECT coalesce(max(last_gseq - first_gseq), 0) FROM tick_blocks);
+
 DROP TABLE ticks CASCADE;
 
 CREATE FUNCTION block_to_minute() RETURNS trigger LANGUAGE plpgsql AS $$
@@ -91,6 +100,7 @@ BEGIN
         pv = candles_1m.pv + excluded.pv,
         first_gseq = least(candles_1m.first_gseq, excluded.first_gseq),
         last_gseq = greatest(candles_1m.last_gseq, excluded.last_gseq);
+    UPDATE tick_blocks_span SET span = NEW.last_gseq - NEW.first_gseq WHERE span < NEW.last_gseq - NEW.first_gseq;
     RETURN NULL;
 END
 $$;

@@ -69,6 +69,10 @@ DB_ERRORS = (
     asyncpg.InternalClientError,
 )
 
+#: How far before its last tick a block may start: the widest stored block's last_gseq - first_gseq,
+#: which the blocks' trigger keeps (at most blocks.SPAN - 1). A live server's blocks span tens of gseqs:
+#: a read that looked SPAN back read thousands of blocks it then left out.
+WIDEST = "(SELECT span FROM tick_blocks_span)"
 #: A block's ticks, a row each, in Tick's field order (Tick(*row) is the cheapest way to 10,000 of them).
 UNNEST = (
     "SELECT b.symbol, t.seq, t.gseq, t.ts, t.price, t.bid, t.ask, t.size, t.vol FROM {blocks} b, "
@@ -77,12 +81,12 @@ UNNEST = (
 )
 #: One symbol's blocks holding ticks past a gseq, in order, with their ticks' columns in Tick's order.
 SYMBOL_BLOCKS = (
-    "SELECT symbol, seq, gseq, ts, price, bid, ask, size, vol FROM tick_blocks"
-    f" WHERE symbol = $1 AND first_gseq > $2::bigint - {SPAN} AND last_gseq > $2 ORDER BY first_gseq LIMIT $3"
+    "SELECT symbol, seq, gseq, ts, price, bid, ask, size, vol FROM tick_blocks WHERE symbol = $1"
+    f" AND first_gseq >= $2::bigint - {WIDEST} AND last_gseq > $2 ORDER BY first_gseq LIMIT $3"
 )
 #: The gseqs stored in blocks that may hold any of (lo, hi]: the writer's duplicate check.
 STORED_GSEQS = (
-    f"SELECT unnest(gseq) FROM tick_blocks WHERE first_gseq > $1::bigint - {SPAN} AND first_gseq <= $2"
+    f"SELECT unnest(gseq) FROM tick_blocks WHERE first_gseq >= $1::bigint - {WIDEST} AND first_gseq <= $2"
     " AND last_gseq > $1"
 )
 
@@ -614,7 +618,7 @@ class PostgresHistory:
         conn: Conn, symbols: SymbolSet, start_ns: int | None, end_ns: int | None, after: int, limit: int
     ) -> list[Tick]:
         """Ticks in gseq order, read in windows of gseq (lo, hi]: every tick of a window is in a block
-        that starts in (lo - SPAN, hi], so each window's ticks are whole and in order. A window that
+        that starts in [lo - WIDEST, hi], so each window's ticks are whole and in order. A window that
         comes back short jumps to the next block that matches and widens by the density it saw."""
 
         lo, top = after, 2**63 - 1
@@ -645,7 +649,7 @@ class PostgresHistory:
         # The window's bounds follow the conditions' parameters.
         a, b, c = (f"${len(values) + k}" for k in (1, 2, 3))
         window = UNNEST.format(blocks="tick_blocks") + " WHERE " + " AND ".join(
-            [f"b.first_gseq > {a}::bigint - {SPAN} AND b.first_gseq <= {b} AND b.last_gseq > {a}", *blocks,
+            [f"b.first_gseq >= {a}::bigint - {WIDEST} AND b.first_gseq <= {b} AND b.last_gseq > {a}", *blocks,
              f"t.gseq > {a} AND t.gseq <= {b}", *ticks]
         ) + f" ORDER BY t.gseq LIMIT {c}"  # fmt: skip
         following = "SELECT min(b.first_gseq) FROM tick_blocks b WHERE " + " AND ".join(
