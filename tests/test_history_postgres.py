@@ -493,6 +493,7 @@ def test_migration_plan_per_flavour() -> None:
         "0006_ticks_keys.postgres.sql",
         "0007_stored_gseq.sql",
         "0008_tick_blocks.postgres.sql",
+        "0009_ticks_to_blocks.sql",
     ]
     assert timescale == [
         "0001_schema.timescale.sql",
@@ -501,6 +502,7 @@ def test_migration_plan_per_flavour() -> None:
         "0004_events.sql",
         "0007_stored_gseq.sql",
         "0008_tick_blocks.timescale.sql",
+        "0009_ticks_to_blocks.sql",
     ]
 
 

@@ -1,8 +1,9 @@
 -- Ticks in blocks (marketfeed/history/blocks.py): a row per symbol, flush and minute, holding that
 -- block's ticks as arrays in gseq order and their OHLCV. The table of a row per tick cost the writer's
--- backend about 5 microseconds a tick in keys, BRIN summaries and the candle trigger; here those are paid
--- once a block (docs/performance.md, section 3). `ticks` stays, as a view of the same columns, for SQL
--- users: reads from it unnest the blocks, and an insert into it stores a block of one tick.
+-- backend 5-8 microseconds a tick in keys, BRIN summaries and the candle trigger; here those are paid
+-- once a block (docs/performance.md, section 3). This file makes the table on plain PostgreSQL, in day
+-- partitions, with its candle trigger; 0009_ticks_to_blocks.sql moves the stored ticks into it and
+-- leaves `ticks` as a view of the same columns, for SQL users.
 CREATE TABLE tick_blocks (
     symbol     text               NOT NULL,
     minute     bigint             NOT NULL,  -- start of the minute (ns) holding every tick of the block
@@ -32,20 +33,8 @@ CREATE TABLE tick_blocks (
 -- A block row (at most 100 ticks) stays in its page as it is: compressing it or moving it to the
 -- TOAST table would cost more than writing it. Set on each partition (the writer makes them so too).
 CREATE TABLE tick_blocks_default PARTITION OF tick_blocks DEFAULT WITH (toast_tuple_target = 8160);
--- Every symbol's blocks of a gseq range: pages across symbols, and the writer's duplicate check.
-CREATE INDEX tick_blocks_first_gseq ON tick_blocks (first_gseq);
--- The widest block's last_gseq - first_gseq (under 65,536), kept by the trigger below: a read of the
--- ticks of (lo, hi] needs the blocks starting in [lo - span, hi] only.
-CREATE TABLE tick_blocks_span (
-    id   integer PRIMARY KEY CHECK (id = 1),
-    span bigint  NOT NULL
-);
-INSERT INTO tick_blocks_span VALUES (1, 0);
--- Where a time range starts and ends in gseq, across all symbols (ALL_MINUTES in postgres.py).
-CREATE INDEX tick_blocks_minute ON tick_blocks (minute, first_gseq) INCLUDE (last_gseq);
 
--- The day partitions of the ticks already stored, then their blocks: a block per symbol, minute and
--- SPAN of gseq (a row per tick made no flushes to keep apart), at most 100 ticks each.
+-- The day partitions of the ticks already stored (0009 moves them).
 DO $$
 DECLARE day bigint;
 BEGIN
@@ -57,32 +46,12 @@ BEGIN
     END LOOP;
 END $$;
 
-INSERT INTO tick_blocks
-SELECT symbol, min(ts) / 60000000000 * 60000000000, min(gseq), max(gseq), min(ts), max(ts),
-       (array_agg(price ORDER BY gseq))[1], max(price), min(price), (array_agg(price ORDER BY gseq DESC))[1],
-       sum(size), count(*), sum(price * size),
-       array_agg(gseq ORDER BY gseq), array_agg(seq ORDER BY gseq), array_agg(ts ORDER BY gseq),
-       array_agg(price ORDER BY gseq), array_agg(bid ORDER BY gseq), array_agg(ask ORDER BY gseq),
-       array_agg(size ORDER BY gseq), array_agg(vol ORDER BY gseq)
-FROM (
-    -- Runs of a symbol's ticks in gseq order within one minute and one SPAN (a clock set back can
-    -- bring a minute back later: that is another run, so one symbol's blocks never overlap), cut
-    -- every 100 ticks.
-    SELECT *, (row_number() OVER (PARTITION BY symbol, run ORDER BY gseq) - 1) / 100 AS part
-    FROM (SELECT *, sum(cut) OVER (PARTITION BY symbol ORDER BY gseq) AS run
-          FROM (SELECT *, CASE WHEN lag(ts / 60000000000) OVER w = ts / 60000000000
-                                AND lag(gseq / 65536) OVER w = gseq / 65536 THEN 0 ELSE 1 END AS cut
-                FROM ticks WINDOW w AS (PARTITION BY symbol ORDER BY gseq)) cuts) runs
-) t
-GROUP BY symbol, run, part;
-
-UPDATE tick_blocks_span SET span = (SELECT coalesce(max(last_gseq - first_gseq), 0) FROM tick_blocks);
-
-DROP TABLE ticks CASCADE;
-DROP FUNCTION IF EXISTS ticks_to_minutes();
+-- candles_1m is made again from the blocks by the trigger below as 0009 moves the ticks in.
+TRUNCATE candles_1m;
 
 -- candles_1m, kept per statement from the blocks' own OHLCV: a row per block, not per tick. A minute
--- split over several blocks keeps the earliest open and the latest close, by gseq. And the span.
+-- split over several blocks keeps the earliest open and the latest close, by gseq. And the widest
+-- block's span (0009).
 CREATE FUNCTION blocks_to_minutes() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
     INSERT INTO candles_1m
@@ -112,25 +81,3 @@ $$;
 CREATE TRIGGER blocks_minutes AFTER INSERT ON tick_blocks
 REFERENCING NEW TABLE AS new_blocks
 FOR EACH STATEMENT EXECUTE FUNCTION blocks_to_minutes();
-
--- The ticks, a row each, in the columns of the table they replace.
-CREATE VIEW ticks AS
-SELECT t.gseq, b.symbol, t.seq, t.ts, t.price, t.bid, t.ask, t.size, t.vol
-FROM tick_blocks b,
-     unnest(b.gseq, b.seq, b.ts, b.price, b.bid, b.ask, b.size, b.vol)
-         AS t(gseq, seq, ts, price, bid, ask, size, vol);
-
--- An insert into the view stores a block of one tick (its minute floored, as the writer does).
-CREATE FUNCTION tick_to_block() RETURNS trigger LANGUAGE plpgsql AS $$
-DECLARE minute bigint := NEW.ts - ((NEW.ts % 60000000000) + 60000000000) % 60000000000;
-BEGIN
-    INSERT INTO tick_blocks VALUES (
-        NEW.symbol, minute, NEW.gseq, NEW.gseq, NEW.ts, NEW.ts,
-        NEW.price, NEW.price, NEW.price, NEW.price, NEW.size, 1, NEW.price * NEW.size,
-        ARRAY[NEW.gseq], ARRAY[NEW.seq], ARRAY[NEW.ts], ARRAY[NEW.price], ARRAY[NEW.bid], ARRAY[NEW.ask],
-        ARRAY[NEW.size], ARRAY[NEW.vol]);
-    RETURN NEW;
-END
-$$;
-
-CREATE TRIGGER ticks_insert INSTEAD OF INSERT ON ticks FOR EACH ROW EXECUTE FUNCTION tick_to_block();

@@ -1,8 +1,8 @@
--- Ticks in blocks on TimescaleDB: the same table as 0008_tick_blocks.postgres.sql (read that file
--- first), as a hypertable in one-day chunks on `minute`, compressed by symbol a day after. The
--- continuous aggregate candles_1m becomes the table the plain flavour keeps, with the same columns
--- (first_gseq and last_gseq turn a time range into a gseq range); TimescaleDB refuses transition
--- tables on hypertables, so its trigger runs once per block instead of once per statement.
+-- Ticks in blocks on TimescaleDB: the table of 0008_tick_blocks.postgres.sql (read that file first) as
+-- a hypertable in one-day chunks on `minute`, compressed by symbol a day after. The continuous
+-- aggregate candles_1m becomes the table the plain flavour keeps, with the same columns (first_gseq
+-- and last_gseq turn a time range into a gseq range), filled by the trigger as 0009 moves the ticks
+-- in; TimescaleDB refuses transition tables on hypertables, so the trigger runs once per block.
 CREATE TABLE tick_blocks (
     symbol     text               NOT NULL,
     minute     bigint             NOT NULL,
@@ -26,37 +26,9 @@ CREATE TABLE tick_blocks (
     size       bigint[]           NOT NULL,
     vol        double precision[] NOT NULL,
     PRIMARY KEY (symbol, first_gseq, minute)
-);
+) WITH (toast_tuple_target = 8160);  -- a block row stays in its page as it is (chunks inherit this)
 SELECT create_hypertable('tick_blocks', by_range('minute', 86400000000000), if_not_exists => TRUE);
 SELECT set_integer_now_func('tick_blocks', 'marketfeed_now_ns', replace_if_exists => TRUE);
-CREATE INDEX tick_blocks_first_gseq ON tick_blocks (first_gseq);
--- The widest block's last_gseq - first_gseq (under 65,536), kept by the trigger below: a read of the
--- ticks of (lo, hi] needs the blocks starting in [lo - span, hi] only.
-CREATE TABLE tick_blocks_span (
-    id   integer PRIMARY KEY CHECK (id = 1),
-    span bigint  NOT NULL
-);
-INSERT INTO tick_blocks_span VALUES (1, 0);
-CREATE INDEX tick_blocks_minute ON tick_blocks (minute, first_gseq) INCLUDE (last_gseq);
-
-INSERT INTO tick_blocks
-SELECT symbol, min(ts) / 60000000000 * 60000000000, min(gseq), max(gseq), min(ts), max(ts),
-       (array_agg(price ORDER BY gseq))[1], max(price), min(price), (array_agg(price ORDER BY gseq DESC))[1],
-       sum(size), count(*), sum(price * size),
-       array_agg(gseq ORDER BY gseq), array_agg(seq ORDER BY gseq), array_agg(ts ORDER BY gseq),
-       array_agg(price ORDER BY gseq), array_agg(bid ORDER BY gseq), array_agg(ask ORDER BY gseq),
-       array_agg(size ORDER BY gseq), array_agg(vol ORDER BY gseq)
-FROM (
-    -- Runs of a symbol's ticks in gseq order within one minute and one SPAN (a clock set back can
-    -- bring a minute back later: that is another run, so one symbol's blocks never overlap), cut
-    -- every 100 ticks.
-    SELECT *, (row_number() OVER (PARTITION BY symbol, run ORDER BY gseq) - 1) / 100 AS part
-    FROM (SELECT *, sum(cut) OVER (PARTITION BY symbol ORDER BY gseq) AS run
-          FROM (SELECT *, CASE WHEN lag(ts / 60000000000) OVER w = ts / 60000000000
-                                AND lag(gseq / 65536) OVER w = gseq / 65536 THEN 0 ELSE 1 END AS cut
-                FROM ticks WINDOW w AS (PARTITION BY symbol ORDER BY gseq)) cuts) runs
-) t
-GROUP BY symbol, run, part;
 
 DROP MATERIALIZED VIEW IF EXISTS candles_1m;
 CREATE TABLE candles_1m (
@@ -74,15 +46,6 @@ CREATE TABLE candles_1m (
     PRIMARY KEY (symbol, start)
 );
 CREATE INDEX candles_1m_last_gseq ON candles_1m (last_gseq);
-INSERT INTO candles_1m
-SELECT symbol, minute, (min(ARRAY[first_gseq::float8, open]))[2], max(high), min(low),
-       (max(ARRAY[last_gseq::float8, close]))[2], sum(volume), sum(trades), sum(pv), min(first_gseq), max(last_gseq)
-FROM tick_blocks
-GROUP BY 1, 2;
-
-UPDATE tick_blocks_span SET span = (SELECT coalesce(max(last_gseq - first_gseq), 0) FROM tick_blocks);
-
-DROP TABLE ticks CASCADE;
 
 CREATE FUNCTION block_to_minute() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
@@ -112,9 +75,3 @@ ALTER TABLE tick_blocks SET (
     timescaledb.compress_orderby = 'first_gseq'
 );
 SELECT add_compression_policy('tick_blocks', compress_after => 86400000000000::bigint, if_not_exists => TRUE);
-
-CREATE VIEW ticks AS
-SELECT t.gseq, b.symbol, t.seq, t.ts, t.price, t.bid, t.ask, t.size, t.vol
-FROM tick_blocks b,
-     unnest(b.gseq, b.seq, b.ts, b.price, b.bid, b.ask, b.size, b.vol)
-         AS t(gseq, seq, ts, price, bid, ask, size, vol);
