@@ -179,6 +179,46 @@ def test_blocks_are_cut_at_every_span_of_gseq_and_at_every_tick_left_out(dsn: st
 
 
 @pytest.mark.integration
+def test_merging_a_live_servers_small_blocks_changes_no_answer(dsn: str) -> None:
+    # Flushes of two steps, as a live server's 250 ms flushes: blocks of one or two ticks. Merging the
+    # closed minutes' blocks leaves a block per symbol-minute (under BLOCK_TICKS ticks each here),
+    # except around the clock set back, where a merged minute would overlap another of its symbol's
+    # blocks; every read answers as before, candles_1m included, and no two blocks of a symbol overlap.
+    t0 = T0 - 60 * 60_000_000_000
+    batches = path(t0)
+    written = [t for b in batches for t in b.ticks]
+    overlaps = (
+        "SELECT count(*) FROM tick_blocks a JOIN tick_blocks b"
+        " ON a.symbol = b.symbol AND a.first_gseq < b.first_gseq AND b.first_gseq <= a.last_gseq"
+    )
+
+    async def write(store: PostgresHistory, part: list[TickBatch]) -> None:
+        for n, b in enumerate(part):
+            store.write(b)
+            if n % 2:
+                await store.flush()
+        await store.flush()
+
+    async def body(store: PostgresHistory) -> None:
+        await write(store, batches[:200])  # the clock still right: 4 1/2 minutes
+        # Closed: the minutes before the one before the newest tick's (t0 + 4 min).
+        closed = f"FROM tick_blocks WHERE minute < {t0 + 3 * 60_000_000_000}"
+        before = await count(dsn, "SELECT count(*) " + closed)
+        assert await store.compact() > 0
+        assert await count(dsn, "SELECT count(*) " + closed) == 3 * 3 < before // 10  # a symbol-minute each
+        assert await count(dsn, overlaps) == 0
+        await write(store, batches[200:])  # five minutes back: minutes come again
+        await store.compact()
+        assert await count(dsn, overlaps) == 0
+        assert await count(dsn, "SELECT sum(trades) FROM candles_1m") == len(written)
+        assert await count(dsn, "SELECT sum(volume) FROM candles_1m") == sum(t.size for t in written)
+        await check_queries(store, written, t0)
+        assert await store.compact() == 0  # nothing left to merge
+
+    run(dsn, body, flush_ms=60_000)
+
+
+@pytest.mark.integration
 def test_time_ranges_and_candles_are_a_filter_of_the_ticks(dsn: str) -> None:
     async def body(store: PostgresHistory) -> None:
         await check_time_ranges(store, T0 - 60 * 60_000_000_000)

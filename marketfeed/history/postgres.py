@@ -32,7 +32,7 @@ import numpy as np
 import orjson
 
 from marketfeed.health import Health
-from marketfeed.history.blocks import BLOCK_COLUMNS, MINUTE_NS, SPAN, BlockEncoder, Columns
+from marketfeed.history.blocks import BLOCK_COLUMNS, BLOCK_TICKS, MINUTE_NS, SPAN, BlockEncoder, Columns
 from marketfeed.history.candles import Bucket, Candle, Interval, merge_buckets
 from marketfeed.ticks import SymbolSet, Tick, TickBatch
 
@@ -55,6 +55,8 @@ PARTITION_LOCK = 0x6D66_7074  # "mfpt": partition DDL, taken by start-up and by 
 # "mfwr": one flush at a time across processes, so the duplicate check of one sees what another wrote.
 WRITE_LOCK = 0x6D66_7772
 DROP_LOG_EVERY_S = 10.0  # an outage drops a batch per engine step: summarise instead of one line each
+COMPACT_EVERY_S = 60.0  # how often the writer merges the blocks of closed minutes
+COMPACT_MINUTES = 10  # how many closed minutes back it looks each time
 
 EventRow = tuple[int, int, str, str]
 INSERT_EVENT = "INSERT INTO events (ts, at_step, type, record) VALUES ($1, $2, $3, $4::jsonb)"
@@ -84,6 +86,45 @@ SYMBOL_BLOCKS = (
     "SELECT symbol, seq, gseq, ts, price, bid, ask, size, vol FROM tick_blocks WHERE symbol = $1"
     f" AND first_gseq >= $2::bigint - {WIDEST} AND last_gseq > $2 ORDER BY first_gseq LIMIT $3"
 )
+#: Each symbol's blocks of the minutes in [$1, $2), merged into blocks of up to BLOCK_TICKS (cut where
+#: gseq // SPAN changes, as the writer cuts them) in one statement: the old blocks deleted, candles_1m
+#: less their volume, trades and pv (the trigger adds those back for the merged blocks; the rest of a
+#: minute's row is a min or max, the same either way), the merged blocks inserted. A symbol-minute
+#: with a block of another minute of its symbol between its first and last gseq (a clock set back) is
+#: left as it is: merged, it would overlap that block.
+COMPACT = f"""
+WITH minutes AS (
+    SELECT symbol, minute, min(first_gseq) AS g0, max(last_gseq) AS g1
+    FROM tick_blocks WHERE minute >= $1 AND minute < $2
+    GROUP BY symbol, minute HAVING count(*) > 1
+), whole AS (
+    SELECT m.* FROM minutes m WHERE NOT EXISTS (
+        SELECT 1 FROM tick_blocks o
+        WHERE o.symbol = m.symbol AND o.first_gseq BETWEEN m.g0 AND m.g1 AND o.minute <> m.minute)
+), old AS (
+    DELETE FROM tick_blocks b USING whole w
+    WHERE b.symbol = w.symbol AND b.minute = w.minute AND b.minute >= $1 AND b.minute < $2
+    RETURNING b.*
+), uncounted AS (
+    UPDATE candles_1m c SET volume = c.volume - o.volume, trades = c.trades - o.trades, pv = c.pv - o.pv
+    FROM (SELECT symbol, minute, sum(volume) AS volume, sum(trades) AS trades, sum(pv) AS pv
+          FROM old GROUP BY 1, 2) o
+    WHERE c.symbol = o.symbol AND c.start = o.minute
+)
+INSERT INTO tick_blocks
+SELECT symbol, minute, min(gseq), max(gseq), min(ts), max(ts),
+       (array_agg(price ORDER BY gseq))[1], max(price), min(price), (array_agg(price ORDER BY gseq DESC))[1],
+       sum(size), count(*), sum(price * size),
+       array_agg(gseq ORDER BY gseq), array_agg(seq ORDER BY gseq), array_agg(ts ORDER BY gseq),
+       array_agg(price ORDER BY gseq), array_agg(bid ORDER BY gseq), array_agg(ask ORDER BY gseq),
+       array_agg(size ORDER BY gseq), array_agg(vol ORDER BY gseq)
+FROM (SELECT t.*, (row_number() OVER (PARTITION BY t.symbol, t.minute, t.gseq / {SPAN} ORDER BY t.gseq) - 1)
+                  / {BLOCK_TICKS} AS part
+      FROM (SELECT o.symbol, o.minute, u.*
+            FROM old o, unnest(o.gseq, o.seq, o.ts, o.price, o.bid, o.ask, o.size, o.vol)
+                AS u(gseq, seq, ts, price, bid, ask, size, vol)) t) x
+GROUP BY symbol, minute, gseq / {SPAN}, part
+"""
 #: The gseqs stored in blocks that may hold any of (lo, hi]: the writer's duplicate check.
 STORED_GSEQS = (
     f"SELECT unnest(gseq) FROM tick_blocks WHERE first_gseq >= $1::bigint - {WIDEST} AND first_gseq <= $2"
@@ -211,6 +252,8 @@ class PostgresHistory:
         self._drops_logged = 0  # rows_dropped at the last log line
         self._drop_logged_at = 0.0
         self.flushes = 0
+        self._newest_ts: int | None = None  # of the ticks written: which minutes are closed
+        self._compact_at = time.monotonic() + COMPACT_EVERY_S
         self.write_errors = 0
         self.write_lag_s = 0.0
 
@@ -487,6 +530,25 @@ class PostgresHistory:
                     log.warning("history database unavailable, retrying with backoff: %s", exc)
                 backoff = min(max(2 * backoff, 0.25), 5.0)
             self._log_drops()  # a summary of what the outage dropped since the last line
+            if not self.timescale and time.monotonic() >= self._compact_at:
+                self._compact_at = time.monotonic() + COMPACT_EVERY_S
+                try:
+                    await self.compact()
+                except DB_ERRORS as exc:  # the blocks stay as they are; the next round tries again
+                    log.warning("history: merging the blocks of closed minutes failed: %s", exc)
+
+    async def compact(self) -> int:
+        """Merge each symbol's blocks of the closed minutes (COMPACT_MINUTES of them, up to the one
+        before the newest flushed tick's) into blocks of up to BLOCK_TICKS: a live server's 250 ms
+        flushes leave blocks of a few ticks, which cost a row each to store and to read. candles_1m
+        stays as it was (COMPACT subtracts what its trigger adds back). The number of blocks made."""
+        if self._newest_ts is None:
+            return 0
+        hi = first_minute(self._newest_ts) - MINUTE_NS
+        async with self._flush_lock, self.pool.acquire() as conn, conn.transaction():
+            await conn.execute("SELECT pg_advisory_xact_lock($1)", WRITE_LOCK)
+            status = await conn.execute(COMPACT, hi - COMPACT_MINUTES * MINUTE_NS, hi)
+        return int(status.split()[-1])
 
     async def flush(self) -> None:
         async with self._flush_lock:
@@ -524,6 +586,9 @@ class PostgresHistory:
             self._error = None
             self.rows_written += written
             self._max_gseq = mark
+            if len(columns):
+                newest = int(columns.arrays["ts"].max())
+                self._newest_ts = newest if self._newest_ts is None else max(self._newest_ts, newest)
             self.flushes += 1
             oldest = min((b.ticks[0].ts for b in batches if b.ticks), default=time.time_ns())
             self.write_lag_s = max(0.0, (time.time_ns() - oldest) / 1e9)
