@@ -219,6 +219,32 @@ def test_merging_a_live_servers_small_blocks_changes_no_answer(dsn: str) -> None
 
 
 @pytest.mark.integration
+def test_a_merged_minute_of_more_than_a_block_is_not_merged_again(dsn: str) -> None:
+    # 240 ticks a symbol-minute (four steps a second) in flushes of two steps: merged into blocks of
+    # 100, 100 and 40, which the next merges leave alone instead of rewriting them every minute.
+    async def body(store: PostgresHistory) -> None:
+        for step in range(720):  # three minutes: the first is closed once the third has ticks
+            store.write(batch(step))
+            if step % 2:
+                await store.flush()
+        assert await store.compact() == 3 * 3
+        sizes = (
+            "SELECT array_agg(trades ORDER BY first_gseq) FROM tick_blocks WHERE minute = $1 GROUP BY symbol"
+        )
+        conn = await asyncpg.connect(dsn)
+        try:
+            assert [list(r[0]) for r in await conn.fetch(sizes, T0)] == [[100, 100, 40]] * 3
+        finally:
+            await conn.close()
+        assert await store.compact() == 0
+        assert await store.ticks(symbols=frozenset({"BBB"}), limit=1000) == [
+            batch(s).ticks[1] for s in range(720)
+        ]
+
+    run(dsn, body, flush_ms=60_000)
+
+
+@pytest.mark.integration
 def test_time_ranges_and_candles_are_a_filter_of_the_ticks(dsn: str) -> None:
     async def body(store: PostgresHistory) -> None:
         await check_time_ranges(store, T0 - 60 * 60_000_000_000)

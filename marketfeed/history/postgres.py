@@ -96,7 +96,10 @@ COMPACT = f"""
 WITH minutes AS (
     SELECT symbol, minute, min(first_gseq) AS g0, max(last_gseq) AS g1
     FROM tick_blocks WHERE minute >= $1 AND minute < $2
-    GROUP BY symbol, minute HAVING count(*) > 1
+    GROUP BY symbol, minute
+    -- more blocks than merging could leave (full ones, and one more at each multiple of SPAN crossed)
+    HAVING count(*) > (sum(trades)::bigint + {BLOCK_TICKS} - 1) / {BLOCK_TICKS}
+                      + max(last_gseq) / {SPAN} - min(first_gseq) / {SPAN}
 ), whole AS (
     SELECT m.* FROM minutes m WHERE NOT EXISTS (
         SELECT 1 FROM tick_blocks o
