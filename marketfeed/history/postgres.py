@@ -533,7 +533,7 @@ class PostgresHistory:
                     log.warning("history database unavailable, retrying with backoff: %s", exc)
                 backoff = min(max(2 * backoff, 0.25), 5.0)
             self._log_drops()  # a summary of what the outage dropped since the last line
-            if not self.timescale and time.monotonic() >= self._compact_at:
+            if time.monotonic() >= self._compact_at:
                 self._compact_at = time.monotonic() + COMPACT_EVERY_S
                 try:
                     await self.compact()
@@ -545,7 +545,7 @@ class PostgresHistory:
         before the newest flushed tick's) into blocks of up to BLOCK_TICKS: a live server's 250 ms
         flushes leave blocks of a few ticks, which cost a row each to store and to read. candles_1m
         stays as it was (COMPACT subtracts what its trigger adds back). The number of blocks made."""
-        if self._newest_ts is None:
+        if self.timescale or self._newest_ts is None:  # TimescaleDB compresses old chunks instead
             return 0
         hi = first_minute(self._newest_ts) - MINUTE_NS
         async with self._flush_lock, self.pool.acquire() as conn, conn.transaction():
