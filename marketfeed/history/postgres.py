@@ -48,7 +48,6 @@ def migrations_dir() -> Path:
     raise FileNotFoundError("db/migrations not found beside or inside the marketfeed package")
 
 
-TICK_FIELDS = ("symbol", "seq", "gseq", "ts", "price", "bid", "ask", "size", "vol")
 DAY_NS = 86_400 * 1_000_000_000
 MIGRATION_LOCK = 0x6D66_6462  # "mfdb": any constant shared by every marketfeed process
 PARTITION_LOCK = 0x6D66_7074  # "mfpt": partition DDL, taken by start-up and by the writer
