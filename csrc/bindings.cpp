@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "engine.hpp"
+#include "pgcopy.hpp"
 #include "tickjson.hpp"
 
 namespace nb = nanobind;
@@ -31,6 +32,7 @@ using U32Vec = nb::ndarray<const std::uint32_t, nb::ndim<1>, nb::c_contig, nb::d
 using F32Vec = nb::ndarray<float, nb::ndim<1>, nb::c_contig, nb::device::cpu>;
 using I64In = nb::ndarray<const std::int64_t, nb::ndim<1>, nb::c_contig, nb::device::cpu>;
 using I64Out = nb::ndarray<std::int64_t, nb::ndim<2>, nb::c_contig, nb::device::cpu>;
+using U64In = nb::ndarray<const std::uint64_t, nb::ndim<1>, nb::c_contig, nb::device::cpu>;
 
 // The generator's copies, fastest first, and their names in Python.
 constexpr mf::PhiloxIsa kPhiloxIsas[] = {mf::PhiloxIsa::Avx512, mf::PhiloxIsa::Avx2, mf::PhiloxIsa::Generic};
@@ -234,6 +236,42 @@ Py_ssize_t tick_columns(nb::typed<nb::sequence, nb::object> ticks, nb::typed<nb:
   return -1;
 }
 
+// The tick blocks' COPY payload (pgcopy.hpp): the pointers are taken with the GIL, the bytes written
+// without it, into a bytes object nobody else sees yet.
+nb::bytes block_rows(nb::bytes head, nb::bytes tail, const std::vector<nb::bytes>& row_starts, I64In symbol,
+                     I64In start, I64In end, nb::bytes summaries, std::size_t summary_width,
+                     const std::vector<U64In>& columns, const std::vector<std::int32_t>& oids) {
+  mf::BlockRows r;
+  r.head = {head.c_str(), head.size()};
+  r.tail = {tail.c_str(), tail.size()};
+  for (const nb::bytes& b : row_starts) r.row_starts.emplace_back(b.c_str(), b.size());
+  r.blocks = symbol.shape(0);
+  if (start.shape(0) != r.blocks || end.shape(0) != r.blocks)
+    throw std::invalid_argument("block_rows: symbol, start and end need one entry per block");
+  if (summaries.size() != r.blocks * summary_width)
+    throw std::invalid_argument("block_rows: summaries must hold summary_width bytes per block");
+  r.symbol = symbol.data();
+  r.start = start.data();
+  r.end = end.data();
+  r.summaries = reinterpret_cast<const unsigned char*>(summaries.c_str());
+  r.summary_width = summary_width;
+  r.ticks = columns.empty() ? 0 : columns[0].shape(0);
+  for (const U64In& c : columns) {
+    if (c.shape(0) != r.ticks) throw std::invalid_argument("block_rows: every column must have one value per tick");
+    r.columns.push_back(c.data());
+  }
+  r.oids = oids;
+  const std::size_t size = mf::block_rows_size(r);
+  PyObject* out = PyBytes_FromStringAndSize(nullptr, static_cast<Py_ssize_t>(size));
+  if (out == nullptr) throw nb::python_error();
+  nb::bytes result = nb::steal<nb::bytes>(out);
+  {
+    nb::gil_scoped_release released;
+    mf::write_block_rows(r, PyBytes_AS_STRING(out));
+  }
+  return result;
+}
+
 }  // namespace
 
 NB_MODULE(_engine, m) {
@@ -303,6 +341,11 @@ NB_MODULE(_engine, m) {
   m.def("tick_columns", &tick_columns, "ticks"_a, "ids"_a, "ints"_a.noconvert(), "floats"_a.noconvert(),
         "Fill `ints` (symbol id, seq, gseq, ts, size) and `floats` (price, bid, ask, vol), one column per "
         "row, from a list of Tick; -1, or the index of the first tick whose symbol `ids` lacks.");
+  m.def("block_rows", &block_rows, "head"_a, "tail"_a, "row_starts"_a, "symbol"_a, "start"_a, "end"_a,
+        "summaries"_a, "summary_width"_a, "columns"_a.noconvert(), "oids"_a,
+        "The binary COPY payload of tick blocks: head, then per block its symbol's row start, its summary "
+        "bytes and one array per column (values given as 8-byte words: a float64 column viewed as uint64), "
+        "then tail.");
   m.def("philox4x32_10", [](std::uint32_t c0, std::uint32_t c1, std::uint32_t c2, std::uint32_t c3,
                             std::uint32_t k0, std::uint32_t k1) {
           const mf::U32x4 r = mf::philox4x32_10({c0, c1, c2, c3}, k0, k1);

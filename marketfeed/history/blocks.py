@@ -15,8 +15,9 @@ symbol's blocks never overlap in gseq: a symbol's ticks of one flush are all in 
 flush, and each flush holds only ticks newer than the previous one, or the ones missing from the store
 (`Columns.without` numbers the runs between stored ticks, and a block never spans two runs).
 
-The payload is PostgreSQL's binary COPY format, built with NumPy: a row's arrays are slices of one
-buffer per column, so a tick costs no Python call of its own.
+The payload is PostgreSQL's binary COPY format: the blocks and their summaries are worked out with
+NumPy, and the bytes written in one pass in C++ (`block_rows`, csrc/pgcopy.hpp), so a tick costs no
+Python call of its own.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from marketfeed._engine import tick_columns
+from marketfeed._engine import block_rows, tick_columns
 from marketfeed.ticks import Tick
 
 MINUTE_NS = 60_000_000_000
@@ -55,10 +56,8 @@ _SUMMARY = np.dtype(
     [(f"{c}_{f}", ">i4" if f == "len" else ">f8" if c in _FLOAT_SUMMARIES else ">i8")
      for c in SUMMARY_COLUMNS for f in ("len", "v")]
 )  # fmt: skip
-#: An array field's header: its length, then ndim, has-nulls, element type, size, lower bound.
-_ARRAY_HEADER = np.dtype([(f, ">i4") for f in ("len", "ndim", "nulls", "oid", "n", "lb")])
-_ELEMENT_INT = np.dtype([("len", ">i4"), ("v", ">i8")])
-_ELEMENT_FLOAT = np.dtype([("len", ">i4"), ("v", ">f8")])
+#: Each array column's element type.
+_OIDS = [FLOAT8_OID if c in _FLOAT_ARRAYS else INT8_OID for c in ARRAY_COLUMNS]
 
 
 Array = npt.NDArray[Any]
@@ -170,32 +169,11 @@ class BlockEncoder:
         for c in SUMMARY_COLUMNS:
             summary[f"{c}_len"] = 8
             summary[f"{c}_v"] = values[c]
-        fixed = summary.tobytes()
-        width = _SUMMARY.itemsize
 
-        headers = np.empty((len(starts), len(ARRAY_COLUMNS)), dtype=_ARRAY_HEADER)
-        headers["len"] = (20 + 12 * count)[:, None]
-        headers["ndim"], headers["nulls"], headers["lb"] = 1, 0, 1
-        headers["oid"] = [FLOAT8_OID if c in _FLOAT_ARRAYS else INT8_OID for c in ARRAY_COLUMNS]
-        headers["n"] = count[:, None]
-        head = headers.tobytes()
-        data = []
-        for c in ARRAY_COLUMNS:
-            elements = np.empty(n, dtype=_ELEMENT_FLOAT if c in _FLOAT_ARRAYS else _ELEMENT_INT)
-            elements["len"] = 8
-            elements["v"] = a[c]
-            data.append(elements.tobytes())
-
-        rows = self._rows
-        parts = [_HEADER]
-        h = 0
-        bounds = zip(symbol[starts].tolist(), (12 * starts).tolist(), (12 * ends).tolist(), strict=True)
-        for k, (sym, s, e) in enumerate(bounds):
-            parts.append(rows[sym])
-            parts.append(fixed[k * width : (k + 1) * width])
-            for column in data:
-                parts.append(head[h : h + 24])
-                parts.append(column[s:e])
-                h += 24
-        parts.append(_TRAILER)
-        return b"".join(parts), len(starts)
+        # The rows themselves are written in C++ (`block_rows`), with the GIL released.
+        words = [np.ascontiguousarray(a[c]).view(np.uint64) for c in ARRAY_COLUMNS]
+        payload = block_rows(
+            _HEADER, _TRAILER, self._rows, symbol[starts], starts, ends, summary.tobytes(), _SUMMARY.itemsize,
+            words, _OIDS,
+        )  # fmt: skip
+        return payload, len(starts)
