@@ -28,6 +28,7 @@ import json
 import multiprocessing as mp
 import os
 import resource
+import shutil
 import socket
 import subprocess
 import sys
@@ -498,6 +499,7 @@ def scale_out(args: argparse.Namespace, counts: list[int]) -> None:
             server.close()
         broker.stop()
         broker.kill()
+        shutil.rmtree(broker.workdir, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import shutil
 import statistics
 import sys
 import time
@@ -207,6 +208,7 @@ def main() -> None:
     finally:
         broker.stop()
         broker.kill()
+        shutil.rmtree(broker.workdir, ignore_errors=True)  # a broker's log segments: gigabytes
 
 
 if __name__ == "__main__":
