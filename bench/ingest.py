@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import dataclasses
+import shutil
 import sqlite3
 import statistics
 import sys
@@ -37,6 +38,7 @@ from marketfeed.history.postgres import PostgresHistory
 from marketfeed.history.sqlite import SQLiteHistory
 from marketfeed.market import Market
 from marketfeed.runtime import quiet_garbage_collector
+from marketfeed.schedule import Schedule
 from marketfeed.ticks import Tick, TickBatch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
@@ -89,28 +91,32 @@ async def ingest(store: Store, data: list[TickBatch], bound: int) -> tuple[float
 
 
 async def ingest_live(store: Store, steps: int, assets: int, bound: int) -> tuple[float, int]:
-    """The same, with the ticks made by the engine as the server makes them: a step (model, ticks,
-    their JSON, the state snapshot) on an engine thread, then `write` on the loop, so the writer and
-    the engine share the two cores."""
+    """The same, with the ticks made by the engine as the server makes them when it runs flat out: on
+    an engine thread, the steps due (`Schedule.run`: for up to BURST_S at a time) and the state after
+    them, then `write` on the loop, so the writer and the engine share the two cores."""
     base = Universe.default().assets
     names = [dataclasses.replace(base[i % len(base)], symbol=f"S{i:03d}") for i in range(assets)]
     universe = dataclasses.replace(Universe.default(), assets=tuple(names))
     market = Market(Simulator(universe, dt=0.1 / SECONDS_PER_YEAR, seed=1))
+    schedule = Schedule(0.0)  # every step is due at once
     t_start = time.time_ns()
 
-    def step(k: int) -> tuple[TickBatch, str]:
-        batch = market.step(t_start + k * 10**8)
-        return batch, market.state().to_json()
+    def step() -> TickBatch:
+        return market.step(t_start + market.next_step * 10**8)
+
+    def run() -> tuple[list[TickBatch], str]:
+        return schedule.run(step), market.state().to_json()
 
     loop = asyncio.get_running_loop()
     await store.start()
     worst, ticks = 0, 0
     with ThreadPoolExecutor(1, thread_name_prefix="engine") as engine:
         t0 = time.perf_counter()
-        for k in range(steps):
-            batch, state = await loop.run_in_executor(engine, step, k)
-            store.write(batch, state=state)
-            ticks += len(batch)
+        while market.next_step < steps:
+            made, state = await loop.run_in_executor(engine, run)
+            for i, batch in enumerate(made):
+                store.write(batch, state=state if i == len(made) - 1 else None)
+                ticks += len(batch)
             worst = max(worst, int(store.metrics()["history_backlog_rows"]))
             while store.metrics()["history_backlog_rows"] > bound:
                 await asyncio.sleep(0.001)
@@ -270,6 +276,7 @@ async def main_async(args: argparse.Namespace) -> None:
             print(f"  {name:<38} p50 {p50:.1f} ms, p99 {p99:.1f} ms, slowest {max(ms):.1f} ms")
     finally:
         server.stop()
+        shutil.rmtree(server.workdir, ignore_errors=True)  # 3-4 GB a run: a full disk stopped a run
 
 
 def main() -> None:

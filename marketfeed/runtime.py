@@ -26,6 +26,7 @@ from marketfeed.health import Status
 from marketfeed.history.store import HistoryStore
 from marketfeed.market import Market
 from marketfeed.scenarios import Scenario, ScenarioBook, apply_crash
+from marketfeed.schedule import Schedule
 from marketfeed.security import ConnectionLimiter
 from marketfeed.streams.bus import Bus
 from marketfeed.streams.hub import Hub
@@ -108,6 +109,10 @@ class Command:
     type: str
     apply: Callable[[Market], Event]
     done: asyncio.Future[Event]
+
+
+#: A step's commands, each with the event it became or the error it raised.
+Done = list[tuple[Command, Event | Exception]]
 
 
 class Runtime:
@@ -229,18 +234,25 @@ class Runtime:
         self._executor.shutdown(wait=True)
 
     # --- engine side -----------------------------------------------------------------------------
-    def _step(self, market: Market) -> tuple[TickBatch, str, list[tuple[Command, Event | Exception]]]:
+    def _steps(self, market: Market, schedule: Schedule) -> tuple[list[tuple[TickBatch, Done]], str]:
+        """On the engine thread: the steps that are due, and the state after the last of them (all a
+        store keeps is the state that goes with its newest ticks: one per run of steps is enough)."""
+        return schedule.run(lambda: self._step(market)), self._state(market)
+
+    def _step(self, market: Market) -> tuple[TickBatch, Done]:
         # Commands and the overlay are applied here, on the engine thread that owns the simulator.
         done = []
         while self._commands:
             done.append(self._run_command(market, self._commands.popleft()))
         self._apply_overlay(market)
-        batch = market.step()
+        return market.step(), done
+
+    def _state(self, market: Market) -> str:
         state = market.state()
         if self._changed_universe is not None or self.book.used:
             state.control["universe"] = self._changed_universe
             state.control["scenarios"] = self.book.to_dict()
-        return batch, state.to_json(), done
+        return state.to_json()
 
     @staticmethod
     def _run_command(market: Market, command: Command) -> tuple[Command, Event | Exception]:
@@ -264,7 +276,7 @@ class Runtime:
         }
         self.active_scenarios = self.book.report(step)
 
-    def _record_events(self, done: list[tuple[Command, Event | Exception]]) -> None:
+    def _record_events(self, done: Done) -> None:
         """Announce and store the events of a step's commands, before that step's ticks."""
         for command, outcome in done:
             if isinstance(outcome, Exception):
@@ -328,30 +340,28 @@ class Runtime:
 
     async def _engine_loop(self, market: Market) -> None:
         loop = asyncio.get_running_loop()
-        period = 1.0 / self.settings.tick_rate
-        deadline = time.monotonic()
+        schedule = Schedule(1.0 / self.settings.tick_rate)
         while True:
             t0 = time.perf_counter()
-            batch, state, done = await loop.run_in_executor(self._executor, self._step, market)
-            self.step_seconds = time.perf_counter() - t0
-            self.steps += 1
-            self.ticks_generated += len(batch)
-            self._record_events(done)
-            self.history.write(batch, state)  # even without ticks: the state moved on (overnight)
-            if batch.ticks:  # a closed market, or no trade arrived: nothing for clients, caches or edges
-                if self.settings.serves_clients:
-                    self.hub.publish(batch)
-                self._queue_cache_update(batch)
-                await self.bus.publish(batch)
-            deadline += period
-            delay = deadline - time.monotonic()
-            if delay < -period:
-                # More than a step behind (a stalled machine): restart the schedule instead of
-                # bursting to catch up, which would spike every client's latency.
-                self.late_steps += 1
-                deadline = time.monotonic()
-                delay = 0.0
-            await asyncio.sleep(max(0.0, delay))
+            steps, state = await loop.run_in_executor(self._executor, self._steps, market, schedule)
+            self.step_seconds = (time.perf_counter() - t0) / len(steps)
+            self.late_steps = schedule.restarts
+            # Everything but the bus first, with no await between two steps: the history's writer
+            # cannot then take a step's ticks without the state that goes with the run's last one.
+            for i, (batch, done) in enumerate(steps):
+                self.steps += 1
+                self.ticks_generated += len(batch)
+                self._record_events(done)
+                # Even without ticks: the state moved on (overnight).
+                self.history.write(batch, state if i == len(steps) - 1 else None)
+                if batch.ticks:  # a closed market, or no trade arrived: nothing for clients or caches
+                    if self.settings.serves_clients:
+                        self.hub.publish(batch)
+                    self._queue_cache_update(batch)
+            for batch, _ in steps:
+                if batch.ticks:
+                    await self.bus.publish(batch)
+            await asyncio.sleep(schedule.delay())
 
     def _queue_cache_update(self, batch: TickBatch) -> None:
         if self._cache_queue.full():  # a slow cache backend loses its oldest update, not the engine's time

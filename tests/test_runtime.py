@@ -1,4 +1,5 @@
-"""The runtime's shutdown: bounded however slow a backend is, and it says where the time went."""
+"""The runtime: its shutdown, bounded however slow a backend is and saying where the time went; and
+its engine loop when the engine falls behind."""
 
 from __future__ import annotations
 
@@ -11,6 +12,8 @@ import pytest
 
 from marketfeed import runtime
 from marketfeed.config import Settings
+from marketfeed.engine import SimulatorState
+from marketfeed.market import Market
 from marketfeed.runtime import Runtime
 from marketfeed.ticks import TickBatch
 
@@ -47,3 +50,40 @@ def test_a_hung_quote_cache_holds_the_stop_for_drain_s_in_all_and_the_loss_is_co
     assert any(m.startswith("shutdown: writing the last quotes took") for m in messages), messages
     # While it ran, it said so (a phase that never ends is named before the process is killed).
     assert any(m.startswith("shutdown: writing the last quotes still running after") for m in messages)
+
+
+def test_an_engine_behind_schedule_hands_its_steps_over_in_runs_with_the_state_after_the_last(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    written: list[tuple[int, int | None]] = []  # (step, the step its state resumes at) per write
+
+    async def body() -> None:
+        rt = Runtime(Settings(history_path=tmp_path / "h.sqlite3", tick_rate=1000))
+        rt.market = Market(rt.simulator_for(rt.universe))
+        step = rt._step
+
+        def slow_step(market: Market) -> tuple[TickBatch, runtime.Done]:
+            time.sleep(0.0012)  # longer than the 1 ms period: every next step is due at once
+            return step(market)
+
+        def write(batch: TickBatch, state: str | None = None) -> None:
+            resumes = None if state is None else SimulatorState.from_json(state).step
+            written.append((batch.step, resumes))
+
+        monkeypatch.setattr(rt, "_step", slow_step)
+        monkeypatch.setattr(rt.history, "write", write)
+        task = asyncio.create_task(rt._engine_loop(rt.market))
+        await asyncio.sleep(0.2)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        rt._executor.shutdown(wait=True)
+
+    asyncio.run(body())
+    steps = [s for s, _ in written]
+    assert steps == list(range(len(steps)))  # every step written once, in order
+    assert len(steps) > 20
+    runs = [s for s, resumes in written if resumes is not None]
+    assert len(runs) < len(steps) / 2  # steps came in runs of several
+    assert all(resumes == s + 1 for s, resumes in written if resumes is not None)  # the state after it
+    assert written[-1][1] is not None  # a run ends with its state

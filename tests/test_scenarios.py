@@ -29,7 +29,7 @@ def steps(rt: Runtime, n: int) -> None:
     """What the engine loop does each step, minus the pacing and the I/O."""
     assert rt.market is not None
     for _ in range(n):
-        _, _, done = rt._step(rt.market)
+        _, done = rt._step(rt.market)
         rt._record_events(done)
 
 
