@@ -236,6 +236,33 @@ Py_ssize_t tick_columns(nb::typed<nb::sequence, nb::object> ticks, nb::typed<nb:
   return -1;
 }
 
+// The SQLite store's parameters for the ticks [start, start + count) of `ticks`: their fields in order,
+// the symbol (field 0) replaced by its number from `ids`, flattened into one tuple for an INSERT of
+// `count` rows. The objects are the ticks' own (no conversion), as itertools.chain would give them.
+// Returns None, binding nothing, if a symbol is not in `ids` (the caller numbers it and calls again).
+nb::object tick_params(nb::typed<nb::sequence, nb::object> ticks, nb::typed<nb::dict, nb::str, nb::int_> ids,
+                       std::size_t start, std::size_t count) {
+  if (!PyList_Check(ticks.ptr())) throw nb::type_error("tick_params: ticks must be a list");
+  const auto n = static_cast<std::size_t>(PyList_GET_SIZE(ticks.ptr()));
+  if (start > n || count > n - start) throw std::invalid_argument("tick_params: start + count exceeds len(ticks)");
+  constexpr Py_ssize_t kFields = 9;
+  nb::object out = nb::steal(PyTuple_New(static_cast<Py_ssize_t>(count) * kFields));
+  if (!out.is_valid()) throw nb::python_error();
+  for (std::size_t i = 0; i < count; ++i) {
+    PyObject* t = PyList_GET_ITEM(ticks.ptr(), static_cast<Py_ssize_t>(start + i));
+    if (!PyTuple_Check(t) || PyTuple_GET_SIZE(t) != kFields) throw nb::type_error("tick_params: every tick must be a Tick");
+    PyObject* id = PyDict_GetItemWithError(ids.ptr(), PyTuple_GET_ITEM(t, 0));
+    if (id == nullptr) {
+      if (PyErr_Occurred()) throw nb::python_error();
+      return nb::none();
+    }
+    PyObject** row = &PyTuple_GET_ITEM(out.ptr(), static_cast<Py_ssize_t>(i) * kFields);
+    row[0] = Py_NewRef(id);
+    for (Py_ssize_t f = 1; f < kFields; ++f) row[f] = Py_NewRef(PyTuple_GET_ITEM(t, f));
+  }
+  return out;
+}
+
 // The tick blocks' COPY payload (pgcopy.hpp): the pointers are taken with the GIL, the bytes written
 // without it, into a bytes object nobody else sees yet.
 nb::bytes block_rows(nb::bytes head, nb::bytes tail, const std::vector<nb::bytes>& row_starts, I64In symbol,
@@ -341,6 +368,9 @@ NB_MODULE(_engine, m) {
   m.def("tick_columns", &tick_columns, "ticks"_a, "ids"_a, "ints"_a.noconvert(), "floats"_a.noconvert(),
         "Fill `ints` (symbol id, seq, gseq, ts, size) and `floats` (price, bid, ask, vol), one column per "
         "row, from a list of Tick; -1, or the index of the first tick whose symbol `ids` lacks.");
+  m.def("tick_params", &tick_params, "ticks"_a, "ids"_a, "start"_a, "count"_a,
+        "The INSERT parameters of ticks[start:start + count]: every field in order, the symbol replaced by "
+        "ids[symbol], in one flat tuple; None if a symbol is not in ids.");
   m.def("block_rows", &block_rows, "head"_a, "tail"_a, "row_starts"_a, "symbol"_a, "start"_a, "end"_a,
         "summaries"_a, "summary_width"_a, "columns"_a.noconvert(), "oids"_a,
         "The binary COPY payload of tick blocks: head, then per block its symbol's row start, its summary "

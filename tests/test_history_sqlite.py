@@ -5,6 +5,7 @@ import sqlite3
 import time
 from pathlib import Path
 
+import pytest
 from history_cases import MINUTE, check_queries, check_time_ranges, path
 
 from marketfeed.history.sqlite import (
@@ -98,13 +99,58 @@ def test_a_version_1_file_is_upgraded_with_the_minutes_of_its_ticks(tmp_path: Pa
 
     asyncio.run(scenario())
     conn = sqlite3.connect(path)
-    assert conn.execute("PRAGMA user_version").fetchone()[0] == 2
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == 3
     assert conn.execute("PRAGMA page_size").fetchone()[0] == 4096  # SQLite's default, kept
-    indexes = {
-        r[0]
-        for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = 'ticks'")
-    }
-    assert indexes == {"ticks_symbol"}
+    kinds = dict(
+        conn.execute("SELECT name, type FROM sqlite_master WHERE tbl_name IN ('ticks', 'tick_rows')")
+    )
+    assert kinds == {"ticks": "view", "tick_rows": "table", "tick_rows_symbol": "index"}
+    # The old rows, numbered, and the new one, read back through the view as the table read before.
+    assert conn.execute("SELECT * FROM ticks ORDER BY gseq").fetchall() == [
+        (t.gseq, t.symbol, t.seq, t.ts, t.price, t.bid, t.ask, t.size, t.vol) for t in ticks
+    ] + [(10, "AAA", 10, T0 + 10**12, 109.0, 99.0, 101.0, 1, 0.2)]
+    assert conn.execute("SELECT DISTINCT typeof(symbol) FROM tick_rows").fetchall() == [("integer",)]
+    conn.close()
+
+
+def test_a_new_symbol_is_numbered_in_its_flush_and_a_rolled_back_number_is_not_kept(tmp_path: Path) -> None:
+    path = tmp_path / "h.sqlite3"
+
+    def tick(symbol: str, gseq: int) -> Tick:
+        return Tick(symbol, gseq, gseq, T0 + gseq, 100.0, 99.0, 101.0, 1, 0.2)
+
+    async def scenario() -> None:
+        store = SQLiteHistory(path, flush_ms=10_000)
+        await store.start()
+        try:
+            store.write(TickBatch(step=0, ticks=[tick("AAA", 1), tick("BBB", 2)]))
+            await store.flush()
+            # A commit that fails after numbering CCC: its number goes with the rollback.
+            other = sqlite3.connect(path)
+            other.execute("CREATE TRIGGER no99 BEFORE INSERT ON tick_rows WHEN NEW.gseq = 99 "
+                          "BEGIN SELECT RAISE(ABORT, 'refused'); END")  # fmt: skip
+            store.write(TickBatch(step=1, ticks=[tick("CCC", 99), tick("AAA", 100)]))
+            with pytest.raises(sqlite3.IntegrityError, match="refused"):
+                await store.flush()
+            other.execute("DROP TRIGGER no99")
+            other.execute("INSERT INTO symbols (name) VALUES ('DDD')")  # takes the number CCC had
+            other.commit()
+            other.close()
+            await store.flush()  # the same batch again: CCC is numbered anew
+            assert [t.gseq for t in await store.ticks(symbols=frozenset({"CCC"}))] == [99]
+            assert [t.gseq for t in await store.ticks(symbols=frozenset({"AAA"}))] == [1, 100]
+            assert await store.ticks(symbols=frozenset({"DDD"})) == []
+        finally:
+            await store.close()
+
+    asyncio.run(scenario())
+    conn = sqlite3.connect(path)
+    assert conn.execute("SELECT name FROM symbols ORDER BY id").fetchall() == [
+        ("AAA",),
+        ("BBB",),
+        ("DDD",),
+        ("CCC",),
+    ]
     conn.close()
 
 

@@ -18,10 +18,11 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import orjson
 
+from marketfeed._engine import tick_params
 from marketfeed.health import Health
 from marketfeed.history.candles import Candle, Interval
 from marketfeed.ticks import SymbolSet, Tick, TickBatch
@@ -78,7 +79,37 @@ CREATE TABLE IF NOT EXISTS tick_minutes (
 CREATE INDEX IF NOT EXISTS tick_minutes_minute ON tick_minutes (minute);
 INSERT INTO tick_minutes SELECT symbol, ts / 60000000000, min(gseq), max(gseq) FROM ticks GROUP BY 1, 2;
 """
-MIGRATIONS = (SCHEMA, SCHEMA_2)
+# Version 3, for ingest: symbols are numbered. Every tick enters the symbol index, and an entry whose
+# key is a small integer is smaller and quicker to place than one whose key is text: the writer +12-29 %
+# alone, +8-22 % beside the engine (bench/ingest.py, docs/performance.md section 3); reads as fast. The
+# rows move to tick_rows; `ticks` becomes a view with the symbols' names, as the table read before.
+SCHEMA_3 = """
+CREATE TABLE symbols (
+    id   INTEGER PRIMARY KEY,
+    name TEXT    NOT NULL UNIQUE
+);
+INSERT INTO symbols (name) SELECT DISTINCT symbol FROM ticks ORDER BY symbol;
+CREATE TABLE tick_rows (
+    gseq   INTEGER PRIMARY KEY,   -- unique: a re-delivered tick is ignored, never duplicated
+    symbol INTEGER NOT NULL,      -- symbols.id
+    seq    INTEGER NOT NULL,
+    ts     INTEGER NOT NULL,      -- ns since the epoch, UTC
+    price  REAL    NOT NULL,
+    bid    REAL    NOT NULL,
+    ask    REAL    NOT NULL,
+    size   INTEGER NOT NULL,
+    vol    REAL    NOT NULL
+);
+INSERT INTO tick_rows
+SELECT t.gseq, s.id, t.seq, t.ts, t.price, t.bid, t.ask, t.size, t.vol
+FROM ticks t JOIN symbols s ON s.name = t.symbol ORDER BY t.gseq;
+DROP TABLE ticks;
+CREATE INDEX tick_rows_symbol ON tick_rows (symbol);
+CREATE VIEW ticks AS
+SELECT r.gseq, s.name AS symbol, r.seq, r.ts, r.price, r.bid, r.ask, r.size, r.vol
+FROM tick_rows r JOIN symbols s ON s.id = r.symbol;
+"""
+MIGRATIONS = (SCHEMA, SCHEMA_2, SCHEMA_3)
 #: Bytes per page of a file this store creates.
 PAGE_SIZE = 16384
 MINUTE_NS = 60_000_000_000
@@ -130,13 +161,14 @@ def minute_bounds(batches: Sequence[TickBatch]) -> list[tuple[str, int, int, int
     return [(sym, m, firsts[m][sym], last) for m, bounds in lasts.items() for sym, last in bounds.items()]
 
 
-def within_minutes(symbols: str) -> str:
-    """A condition on gseq true for every tick (of `symbols`, an SQL condition, if not empty) in the
-    minutes :m0 to :m1: those minutes' gseq range in tick_minutes. With ts still filtered, it lets a
-    time range read a range of gseq (of the symbol index) instead of needing a (symbol, ts) index."""
+def within_minutes(symbols: str, gseq: str = "gseq") -> str:
+    """A condition on the column `gseq` true for every tick (of `symbols`, a condition on tick_minutes'
+    symbol names, if not empty) in the minutes :m0 to :m1: those minutes' gseq range in tick_minutes.
+    With ts still filtered, it lets a time range read a range of gseq (of the symbol index) instead of
+    needing a (symbol, ts) index."""
     where = f"{symbols} AND minute BETWEEN :m0 AND :m1" if symbols else "minute BETWEEN :m0 AND :m1"
     minutes = "FROM tick_minutes WHERE " + where
-    return f"gseq BETWEEN (SELECT min(first_gseq) {minutes}) AND (SELECT max(last_gseq) {minutes})"
+    return f"{gseq} BETWEEN (SELECT min(first_gseq) {minutes}) AND (SELECT max(last_gseq) {minutes})"
 
 
 def time_range(start_ns: int | None, end_ns: int | None) -> dict[str, int]:
@@ -147,7 +179,10 @@ def time_range(start_ns: int | None, end_ns: int | None) -> dict[str, int]:
 
 
 COLUMNS = "symbol, seq, gseq, ts, price, bid, ask, size, vol"
-INSERT_ONE = f"INSERT OR IGNORE INTO ticks ({COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?)"
+INSERT_ONE = f"INSERT OR IGNORE INTO tick_rows ({COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?)"
+#: tick_rows' columns with the symbol's name for its number: a Tick's fields, in order.
+TICK_COLUMNS = "s.name, r.seq, r.gseq, r.ts, r.price, r.bid, r.ask, r.size, r.vol"
+TICK_ROWS = "tick_rows r JOIN symbols s ON s.id = r.symbol"
 # Rows go in 3,000 to a statement (27,000 parameters; SQLite allows 32,766). sqlite3 lets the GIL go
 # around every statement it steps, and taking it back waits for a busy thread (the engine's, the event
 # loop's) to reach its switch interval: one row a statement made the writer 91,000 rows/s with the
@@ -173,18 +208,29 @@ def statement_sizes(n: int) -> list[int]:
     return sizes + [1 << b for b in range(rest.bit_length() - 1, -1, -1) if rest >> b & 1]
 
 
+Rows = Sequence[Sequence[Any]]
+
+
+def flat(rows: Rows, start: int, size: int) -> tuple[Any, ...]:
+    return tuple(itertools.chain.from_iterable(rows[start : start + size]))
+
+
 def execute_in_statements(
-    conn: sqlite3.Connection, statement: Callable[[int], str], rows: Sequence[Sequence[Any]]
+    conn: sqlite3.Connection,
+    statement: Callable[[int], str],
+    rows: Rows,
+    params: Callable[[Rows, int, int], tuple[Any, ...]] = flat,
 ) -> None:
-    """`rows` through `statement(n)`, a statement of n rows, in the sizes of statement_sizes."""
+    """`rows` through `statement(n)`, a statement of n rows, in the sizes of statement_sizes; the
+    parameters of rows[start:start + n] are `params(rows, start, n)`."""
     start = 0
     for size in statement_sizes(len(rows)):
-        conn.execute(statement(size), tuple(itertools.chain.from_iterable(rows[start : start + size])))
+        conn.execute(statement(size), params(rows, start, size))
         start += size
 
 
-# A tick is its own row: its fields are the table's columns, in order, so the writer binds the ticks
-# themselves (building a tuple per row was a tenth of the writer's time).
+# A tick is its own row: its fields are the table's columns, in order, so the writer binds the ticks'
+# own field objects (`tick_params`, in C++: building a tuple per row was a tenth of the writer's time).
 if Tick._fields != tuple(COLUMNS.split(", ")):
     raise ImportError("marketfeed.history.sqlite: COLUMNS must be Tick's fields in order")
 EventRow = tuple[int, int, str, str]
@@ -210,6 +256,7 @@ class SQLiteHistory:
         self._local = threading.local()
         self._connections: list[sqlite3.Connection] = []
         self._wconn: sqlite3.Connection | None = None
+        self._ids: dict[str, int] = {}  # symbols' numbers, as stored (the writer's thread only)
         self._wake: asyncio.Event | None = None
         self._task: asyncio.Task[None] | None = None
         self._flush_lock = asyncio.Lock()
@@ -243,6 +290,7 @@ class SQLiteHistory:
         version = conn.execute("PRAGMA user_version").fetchone()[0]
         for number, script in enumerate(MIGRATIONS[version:], start=version + 1):
             conn.executescript(f"BEGIN; {script} PRAGMA user_version = {number}; COMMIT;")
+        self._ids = dict(conn.execute("SELECT name, id FROM symbols"))
         self._wconn = conn
 
     def _connect(self) -> sqlite3.Connection:
@@ -328,7 +376,7 @@ class SQLiteHistory:
         conn.execute("BEGIN")
         try:
             conn.executemany("INSERT INTO events (ts, at_step, type, record) VALUES (?,?,?,?)", events)
-            execute_in_statements(conn, insert_rows, rows)
+            execute_in_statements(conn, insert_rows, rows, functools.partial(self._tick_params, conn))
             if minutes is not None:  # a row per symbol-minute: in a few statements too
                 execute_in_statements(conn, upsert_minutes, minutes)
             elif rows:
@@ -342,7 +390,18 @@ class SQLiteHistory:
             conn.execute("COMMIT")
         except BaseException:
             conn.execute("ROLLBACK")
+            self._ids = dict(conn.execute("SELECT name, id FROM symbols"))  # less those rolled back
             raise
+
+    def _tick_params(self, conn: sqlite3.Connection, rows: Rows, start: int, size: int) -> tuple[Any, ...]:
+        """The parameters of ticks[start:start + size], numbering (in this transaction) a new symbol."""
+        ticks = cast(Sequence[Tick], rows)
+        while (params := tick_params(ticks, self._ids, start, size)) is None:
+            for name in dict.fromkeys(t.symbol for t in ticks[start : start + size]):
+                if name not in self._ids:
+                    cursor = conn.execute("INSERT INTO symbols (name) VALUES (?)", (name,))
+                    self._ids[name] = int(cast(int, cursor.lastrowid))
+        return cast(tuple[Any, ...], params)
 
     # --- reading ---------------------------------------------------------------------------------
     def _reader(self) -> sqlite3.Connection:
@@ -367,20 +426,22 @@ class SQLiteHistory:
         after_gseq: int = 0,
         limit: int = 1000,
     ) -> list[Tick]:
-        where = ["gseq > :after"]
+        where = ["r.gseq > :after"]
         params: dict[str, Any] = {"after": after_gseq, "limit": limit}
         symbol_cond = ""
         if symbols is not None:
             names = {f"s{i}": s for i, s in enumerate(sorted(symbols))}
-            symbol_cond = f"symbol IN ({', '.join(':' + n for n in names)})"
-            where.append(symbol_cond)
+            placeholders = ", ".join(":" + n for n in names)
+            symbol_cond = f"symbol IN ({placeholders})"  # tick_minutes keeps the names
+            where.append(f"r.symbol IN (SELECT id FROM symbols WHERE name IN ({placeholders}))")
             params |= names
         if start_ns is not None or end_ns is not None:
             params |= time_range(start_ns, end_ns)
-            where += ["ts >= :start AND ts < :end", within_minutes(symbol_cond)]
-        sql = f"SELECT {COLUMNS} FROM ticks WHERE {' AND '.join(where)} ORDER BY gseq LIMIT :limit"
+            where += ["r.ts >= :start AND r.ts < :end", within_minutes(symbol_cond, "r.gseq")]
+        conditions = " AND ".join(where)
+        sql = f"SELECT {TICK_COLUMNS} FROM {TICK_ROWS} WHERE {conditions} ORDER BY r.gseq LIMIT :limit"
         rows = await self._query(sql, params)
-        return [Tick(*r) for r in rows]  # COLUMNS are Tick's fields in order (checked above)
+        return [Tick(*r) for r in rows]  # TICK_COLUMNS are Tick's fields in order
 
     async def candles(
         self, *, symbol: str, interval: Interval, start_ns: int | None, end_ns: int | None, limit: int
@@ -391,12 +452,13 @@ class SQLiteHistory:
             WITH b AS (
                 SELECT ts / :ns AS k, MIN(gseq) AS g0, MAX(gseq) AS g1, MAX(price) AS hi,
                        MIN(price) AS lo, SUM(size) AS volume, COUNT(*) AS n, SUM(price * size) AS pv
-                FROM ticks
-                WHERE symbol = :symbol AND ts >= :start AND ts < :end AND {within_minutes("symbol = :symbol")}
+                FROM tick_rows
+                WHERE symbol = (SELECT id FROM symbols WHERE name = :symbol) AND ts >= :start AND ts < :end
+                  AND {within_minutes("symbol = :symbol")}
                 GROUP BY k
             )
             SELECT b.k * :ns, o.price, b.hi, b.lo, c.price, b.volume, b.n, b.pv
-            FROM b JOIN ticks o ON o.gseq = b.g0 JOIN ticks c ON c.gseq = b.g1
+            FROM b JOIN tick_rows o ON o.gseq = b.g0 JOIN tick_rows c ON c.gseq = b.g1
             ORDER BY b.k LIMIT :limit
         """
         params = {"ns": interval.nanoseconds, "symbol": symbol, "limit": limit}
