@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 from history_cases import MINUTE, check_queries, check_time_ranges, path
 
+from marketfeed._engine import tick_params
 from marketfeed.history.sqlite import (
     COLUMNS,
     PAGE_SIZE,
@@ -210,3 +211,18 @@ def test_a_flush_of_any_size_goes_in_a_few_statements_and_whole(tmp_path: Path) 
         lo, hi = bounds.get((t.symbol, t.ts // MINUTE), (t.gseq, t.gseq))
         bounds[t.symbol, t.ts // MINUTE] = (min(lo, t.gseq), max(hi, t.gseq))
     assert sorted(minutes) == sorted((s, m, lo, hi) for (s, m), (lo, hi) in bounds.items())
+
+
+def test_tick_params_flattens_the_ticks_with_each_symbols_number_or_says_one_is_missing() -> None:
+    ticks = [Tick("A", 1, 2, 3, 4.5, 4.0, 5.0, 7, 0.2), Tick("B", 2, 3, 4, 1.5, 1.0, 2.0, 8, 0.3)]
+    assert tick_params(ticks, {"A": 10, "B": 11}, 1, 1) == (11, 2, 3, 4, 1.5, 1.0, 2.0, 8, 0.3)
+    assert tick_params(ticks, {"A": 10, "B": 11}, 0, 2) == (10, *ticks[0][1:], 11, *ticks[1][1:])
+    assert tick_params(ticks, {"A": 10}, 0, 1) is not None
+    assert tick_params(ticks, {"A": 10}, 0, 2) is None  # B has no number yet
+    assert tick_params(ticks, {}, 2, 0) == ()
+    with pytest.raises(ValueError, match="exceeds len"):
+        tick_params(ticks, {"A": 10, "B": 11}, 1, 2)
+    with pytest.raises(TypeError, match="must be a list"):
+        tick_params(tuple(ticks), {"A": 10, "B": 11}, 0, 1)
+    with pytest.raises(TypeError, match="must be a Tick"):
+        tick_params([("A", 1)], {"A": 10}, 0, 1)
