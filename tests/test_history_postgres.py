@@ -18,6 +18,7 @@ from history_cases import check_queries, check_time_ranges, path
 from services import Postgres
 
 from marketfeed.health import Status
+from marketfeed.history import postgres
 from marketfeed.history.blocks import BLOCK_COLUMNS, BLOCK_TICKS, SPAN, BlockEncoder
 from marketfeed.history.candles import Interval
 from marketfeed.history.postgres import (
@@ -179,11 +180,15 @@ def test_blocks_are_cut_at_every_span_of_gseq_and_at_every_tick_left_out(dsn: st
 
 
 @pytest.mark.integration
-def test_merging_a_live_servers_small_blocks_changes_no_answer(dsn: str) -> None:
+def test_merging_a_live_servers_small_blocks_changes_no_answer(
+    dsn: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     # Flushes of two steps, as a live server's 250 ms flushes: blocks of one or two ticks. Merging the
     # closed minutes' blocks leaves a block per symbol-minute (under BLOCK_TICKS ticks each here),
     # except around the clock set back, where a merged minute would overlap another of its symbol's
     # blocks; every read answers as before, candles_1m included, and no two blocks of a symbol overlap.
+    # Two symbol-minutes a statement: the nine closed ones take five.
+    monkeypatch.setattr(postgres, "COMPACT_GROUPS", 2)
     t0 = T0 - 60 * 60_000_000_000
     batches = path(t0)
     written = [t for b in batches for t in b.ticks]
@@ -204,6 +209,10 @@ def test_merging_a_live_servers_small_blocks_changes_no_answer(dsn: str) -> None
         # Closed: the minutes before the one before the newest tick's (t0 + 4 min).
         closed = f"FROM tick_blocks WHERE minute < {t0 + 3 * 60_000_000_000}"
         before = await count(dsn, "SELECT count(*) " + closed)
+        monkeypatch.setattr(postgres, "COMPACT_BUDGET_S", 0.0)
+        assert await store.compact() == 0  # a round with no time left merges nothing
+        assert await count(dsn, "SELECT count(*) " + closed) == before
+        monkeypatch.setattr(postgres, "COMPACT_BUDGET_S", 60.0)
         assert await store.compact() > 0
         assert await count(dsn, "SELECT count(*) " + closed) == 3 * 3 < before // 10  # a symbol-minute each
         assert await count(dsn, overlaps) == 0

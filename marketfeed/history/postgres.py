@@ -56,6 +56,15 @@ WRITE_LOCK = 0x6D66_7772
 DROP_LOG_EVERY_S = 10.0  # an outage drops a batch per engine step: summarise instead of one line each
 COMPACT_EVERY_S = 60.0  # how often the writer merges the blocks of closed minutes
 COMPACT_MINUTES = 10  # how many closed minutes back it looks each time
+#: Symbol-minutes merged per statement (each holds the writer's lock), and how long a round of merging
+#: may go on: it runs in the writer's task, so no flush happens meanwhile. A statement costs the
+#: database about 10 us a tick it merges, plus 0.6 s to find the minutes at 1,000 symbols (docs/
+#: performance.md, section 3): the default universe's minute (20 symbols at 10 steps a second, 12,000
+#: ticks) merges in one short statement, but 1,000 symbols at 25 steps a second make 1,500,000 ticks
+#: a minute, 15-20 s of merging; a round then merges a tenth of them, and the rest stay unmerged (read
+#: more slowly, never wrongly) rather than the writer falling behind.
+COMPACT_GROUPS = 100
+COMPACT_BUDGET_S = 2.0
 
 EventRow = tuple[int, int, str, str]
 INSERT_EVENT = "INSERT INTO events (ts, at_step, type, record) VALUES ($1, $2, $3, $4::jsonb)"
@@ -86,26 +95,35 @@ SYMBOL_BLOCKS = (
     f" AND first_gseq >= $2::bigint - {WIDEST} AND last_gseq > $2 ORDER BY first_gseq LIMIT $3"
 )
 #: Each symbol's blocks of the minutes in [$1, $2), merged into blocks of up to BLOCK_TICKS (cut where
-#: gseq // SPAN changes, as the writer cuts them) in one statement: the old blocks deleted, candles_1m
-#: less their volume, trades and pv (the trigger adds those back for the merged blocks; the rest of a
-#: minute's row is a min or max, the same either way), the merged blocks inserted. A symbol-minute
-#: with a block of another minute of its symbol between its first and last gseq (a clock set back) is
-#: left as it is: merged, it would overlap that block.
+#: gseq // SPAN changes, as the writer cuts them) in one statement, $3 symbol-minutes at most, oldest
+#: first: the old blocks deleted, candles_1m less their volume, trades and pv (the trigger adds those
+#: back for the merged blocks; the rest of a minute's row is a min or max, the same either way), the
+#: merged blocks inserted. A symbol-minute with a block of another minute of its symbol between its
+#: first and last gseq (a clock set back) is left as it is: merged, it would overlap that block.
+#: `whole` is MATERIALIZED so that this test runs once per symbol-minute: inlined, the planner ran it
+#: once per block against every block of its symbol (6,600,000 comparisons for 100 symbols' minute,
+#: 0.7 of its 1.7 s; for 1,000 symbols' two minutes the statement passed its 60 s timeout).
 COMPACT = f"""
 WITH minutes AS (
-    SELECT symbol, minute, min(first_gseq) AS g0, max(last_gseq) AS g1
+    SELECT symbol, minute, min(first_gseq) AS g0, max(last_gseq) AS g1, array_agg(first_gseq) AS starts
     FROM tick_blocks WHERE minute >= $1 AND minute < $2
     GROUP BY symbol, minute
     -- more blocks than merging could leave (full ones, and one more at each multiple of SPAN crossed)
     HAVING count(*) > (sum(trades)::bigint + {BLOCK_TICKS} - 1) / {BLOCK_TICKS}
                       + max(last_gseq) / {SPAN} - min(first_gseq) / {SPAN}
-), whole AS (
+), whole AS MATERIALIZED (
     SELECT m.* FROM minutes m WHERE NOT EXISTS (
         SELECT 1 FROM tick_blocks o
         WHERE o.symbol = m.symbol AND o.first_gseq BETWEEN m.g0 AND m.g1 AND o.minute <> m.minute)
+    ORDER BY m.minute, m.symbol LIMIT $3
+), keys AS (
+    SELECT symbol, minute, unnest(starts) AS first_gseq FROM whole
 ), old AS (
-    DELETE FROM tick_blocks b USING whole w
-    WHERE b.symbol = w.symbol AND b.minute = w.minute AND b.minute >= $1 AND b.minute < $2
+    -- By whole keys: joined on (symbol, minute) alone, the planner without statistics probed the
+    -- (minute, first_gseq) index and read the whole minute's blocks for each symbol (15 s a statement).
+    DELETE FROM tick_blocks b USING keys k
+    WHERE b.symbol = k.symbol AND b.first_gseq = k.first_gseq AND b.minute = k.minute
+      AND b.minute >= $1 AND b.minute < $2
     RETURNING b.*
 ), uncounted AS (
     UPDATE candles_1m c SET volume = c.volume - o.volume, trades = c.trades - o.trades, pv = c.pv - o.pv
@@ -543,14 +561,22 @@ class PostgresHistory:
         """Merge each symbol's blocks of the closed minutes (COMPACT_MINUTES of them, up to the one
         before the newest flushed tick's) into blocks of up to BLOCK_TICKS: a live server's 250 ms
         flushes leave blocks of a few ticks, which cost a row each to store and to read. candles_1m
-        stays as it was (COMPACT subtracts what its trigger adds back). The number of blocks made."""
+        stays as it was (COMPACT subtracts what its trigger adds back). Oldest first, for at most
+        COMPACT_BUDGET_S: what is left waits for the next round. The number of blocks made."""
         if self.timescale or self._newest_ts is None:  # TimescaleDB compresses old chunks instead
             return 0
         hi = first_minute(self._newest_ts) - MINUTE_NS
-        async with self._flush_lock, self.pool.acquire() as conn, conn.transaction():
-            await conn.execute("SELECT pg_advisory_xact_lock($1)", WRITE_LOCK)
-            status = await conn.execute(COMPACT, hi - COMPACT_MINUTES * MINUTE_NS, hi)
-        return int(status.split()[-1])
+        made, until = 0, time.monotonic() + COMPACT_BUDGET_S
+        while time.monotonic() < until:  # COMPACT_GROUPS symbol-minutes at a time, each its own transaction
+            async with self._flush_lock, self.pool.acquire() as conn, conn.transaction():
+                await conn.execute("SELECT pg_advisory_xact_lock($1)", WRITE_LOCK)
+                # Its sort of the unnested ticks spilled to disk at the default 4 MB.
+                await conn.execute("SET LOCAL work_mem = '64MB'")
+                status = await conn.execute(COMPACT, hi - COMPACT_MINUTES * MINUTE_NS, hi, COMPACT_GROUPS)
+            if (blocks := int(status.split()[-1])) == 0:  # every symbol-minute merged leaves a block
+                break
+            made += blocks
+        return made
 
     async def flush(self) -> None:
         async with self._flush_lock:
