@@ -11,6 +11,10 @@ what the store adds is its deduplication, indexes and the engine state in the sa
 "+engine": the same number of ticks made meanwhile by the engine, as the server makes them (steps of
 LIVE_ASSETS assets on an engine thread), so the writer shares the cores and the GIL with it.
 
+Merge (PostgreSQL): `--merge-symbols` symbols at 25 steps a second written in a live server's 250 ms
+flushes, then rounds of the writer's merge of closed minutes (`compact`); baseline: the rate at which
+those flushes wrote the ticks.
+
 Queries (PostgreSQL): one day of 1-minute candles for one symbol and a 10,000-tick page, from a table
 of `--rows` ticks, p50 and p99 over `--repeat` runs. PostgreSQL is started like the tests start it
 (tests/services.py): a throwaway server on a free port.
@@ -33,6 +37,7 @@ from pathlib import Path
 import asyncpg
 
 from marketfeed.engine import SECONDS_PER_YEAR, Simulator, Universe
+from marketfeed.history.blocks import MINUTE_NS
 from marketfeed.history.candles import Interval
 from marketfeed.history.postgres import PostgresHistory
 from marketfeed.history.sqlite import SQLiteHistory
@@ -124,6 +129,50 @@ async def ingest_live(store: Store, steps: int, assets: int, bound: int) -> tupl
         elapsed = time.perf_counter() - t0
     await store.close()
     return ticks / elapsed, worst
+
+
+async def merge(dsn: str, symbols: int, flush_steps: float, rounds: int) -> None:
+    """The PostgreSQL writer's merge of closed minutes (`compact`), for `symbols` symbols at 25 steps a
+    second flushed every `flush_steps` steps (6.25: a live server's 250 ms), as its loop calls it once
+    a minute: each round for at most COMPACT_BUDGET_S. Baseline: writing the same ticks in those
+    flushes."""
+    step_ns, steps = 40_000_000, 2 * 1500 + 10  # two minutes and a little: the first one is closed
+    t0 = (time.time_ns() // MINUTE_NS - 30) * MINUTE_NS
+    store = PostgresHistory(dsn, flush_rows=10**9)
+    await store.start()
+    data = batches(steps, symbols, t0, step_ns)
+    w0, flushes, done = time.perf_counter(), 0, 0
+    while done < steps:
+        flushes += 1
+        end = min(steps, round(flushes * flush_steps))
+        for b in data[done:end]:
+            store.write(b)
+        await store.flush()
+        done = end
+    wrote = time.perf_counter() - w0
+    write_rate = steps * symbols / wrote
+    print(f"\nmerge of closed minutes: {symbols:,} symbols at 25 steps/s, flushes of {flush_steps:g} "
+          f"steps ({flushes:,} flushes, {wrote / flushes * 1e3:.1f} ms each, {write_rate:,.0f} ticks/s "
+          "written)")  # fmt: skip
+    merged = (
+        "SELECT count(*), coalesce(sum(n), 0)::bigint FROM (SELECT sum(trades) AS n FROM tick_blocks"
+        f" WHERE minute = {t0} GROUP BY symbol HAVING max(trades) > {flush_steps + 1}) m"
+    )
+    async with store.pool.acquire() as conn:
+        before = 0
+        for k in range(1, rounds + 1):
+            c0 = time.perf_counter()
+            made = await store.compact()
+            took = time.perf_counter() - c0
+            groups, ticks = await conn.fetchrow(merged) or (0, 0)
+            rate = (ticks - before) / took
+            print(f"  round {k}: {took:.2f} s, {made:,} blocks made from {ticks - before:,} ticks, "
+                  f"{rate:,.0f} ticks/s (ratio {rate / write_rate:.2f}); {groups:,} of {symbols:,} "
+                  "symbol-minutes merged")  # fmt: skip
+            before = ticks
+            if not made:
+                break
+    await store.close()
 
 
 def rows_of(data: list[TickBatch]) -> list[tuple[int, str, int, int, float, float, float, int, float]]:
@@ -232,7 +281,7 @@ async def main_async(args: argparse.Namespace) -> None:
             print(row("sqlite", rate, base, worst, "executemany, bare table"))
             lite = SQLiteHistory(Path(tmp) / "live.sqlite3", flush_rows=args.flush_rows)
             rate, worst = await ingest_live(
-                lite, args.steps * args.assets // LIVE_ASSETS, LIVE_ASSETS, args.bound
+                lite, max(1, args.steps * args.assets // LIVE_ASSETS), LIVE_ASSETS, args.bound
             )
             print(row("  +engine", rate, base, worst, "the same, the engine making the ticks meanwhile"))
     bindir = postgres_bin()
@@ -258,9 +307,12 @@ async def main_async(args: argparse.Namespace) -> None:
             dsn = await asyncio.to_thread(server.create_database, f"live{i}")
             live = PostgresHistory(dsn, flush_rows=args.flush_rows)
             rate, worst = await ingest_live(
-                live, args.steps * args.assets // LIVE_ASSETS, LIVE_ASSETS, args.bound
+                live, max(1, args.steps * args.assets // LIVE_ASSETS), LIVE_ASSETS, args.bound
             )
             print(row("  +engine", rate, base, worst, "the same, the engine making the ticks meanwhile"))
+        if not args.skip_merge:
+            dsn = await asyncio.to_thread(server.create_database, "merge")
+            await merge(dsn, args.merge_symbols, 6.25, 3)
         if args.skip_queries:
             return
         # The ingest data (millions of Tick objects) would otherwise stay alive through the queries,
@@ -289,11 +341,14 @@ def main() -> None:
     p.add_argument("--repeat", type=int, default=200, help="runs per query (p99 of 50 runs = the max)")
     p.add_argument("--runs", type=int, default=1, help="PostgreSQL ingest runs, each on a new database")
     p.add_argument("--skip-sqlite", action="store_true", help="PostgreSQL only")
-    p.add_argument("--skip-queries", action="store_true", help="ingest only")
+    p.add_argument("--skip-queries", action="store_true", help="no query benchmark")
+    p.add_argument("--skip-merge", action="store_true", help="no merge benchmark")
+    p.add_argument("--merge-symbols", type=int, default=1000, help="symbols of the merge benchmark")
     p.add_argument("--quick", action="store_true")
     args = p.parse_args()
     if args.quick:
         args.steps, args.assets, args.rows, args.repeat, args.flush_rows = 50, 10, 20_000, 3, 100
+        args.merge_symbols = 3
     asyncio.run(main_async(args))
 
 

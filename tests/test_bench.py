@@ -22,6 +22,7 @@ BENCH = Path(__file__).resolve().parent.parent / "bench"
         ("fanout.py --sets 3 --transport sse", "3 symbol sets"),  # each client on a symbol list
         ("fanout.py --sets 3", "3 symbol sets"),
         ("ingest.py", "10,000-tick page"),
+        ("ingest.py --skip-sqlite --skip-queries", "3 of 3 symbol-minutes merged"),  # the merge ran
         ("kafka.py", "KafkaBus"),
     ],
 )
