@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from history_cases import MINUTE, check_queries, check_time_ranges, path
 
-from marketfeed._engine import tick_params
+from marketfeed._engine import tick_minutes, tick_params
 from marketfeed.history.sqlite import (
     COLUMNS,
     PAGE_SIZE,
@@ -35,34 +35,41 @@ def test_time_ranges_and_candles_are_a_filter_of_the_ticks(tmp_path: Path) -> No
     asyncio.run(scenario())
 
 
+def expected_bounds(ticks: list[Tick]) -> list[tuple[str, int, int, int]]:
+    bounds: dict[tuple[str, int], tuple[int, int]] = {}
+    for t in ticks:
+        lo, hi = bounds.get((t.symbol, t.ts // MINUTE), (t.gseq, t.gseq))
+        bounds[t.symbol, t.ts // MINUTE] = (min(lo, t.gseq), max(hi, t.gseq))
+    return sorted((s, m, lo, hi) for (s, m), (lo, hi) in bounds.items())
+
+
 def test_minute_bounds_from_the_batches_are_those_of_the_ticks() -> None:
     batches = path(T0)  # the clock goes back half-way, and some symbols skip steps
     for flush in (batches[:77], batches[150:260], batches):
         ticks = [t for b in flush for t in b.ticks]
-        expected: dict[tuple[str, int], tuple[int, int]] = {}
-        for t in ticks:
-            lo, hi = expected.get((t.symbol, t.ts // MINUTE), (t.gseq, t.gseq))
-            expected[t.symbol, t.ts // MINUTE] = (min(lo, t.gseq), max(hi, t.gseq))
-        bounds = minute_bounds(flush)
+        bounds = minute_bounds(ticks)
         assert bounds is not None
-        assert sorted(bounds) == sorted((s, m, lo, hi) for (s, m), (lo, hi) in expected.items())
+        assert sorted(bounds) == expected_bounds(ticks)
 
 
-def test_batches_that_are_not_one_step_each_are_bounded_by_sqlite(tmp_path: Path) -> None:
+def test_ticks_out_of_gseq_order_are_bounded_by_sqlite(tmp_path: Path) -> None:
     batches = path(T0)
-    two_steps = TickBatch(step=1, ticks=[*batches[0].ticks, *batches[1].ticks])
-    assert minute_bounds([two_steps]) is None  # two timestamps (and a symbol twice)
-    assert minute_bounds([batches[1], batches[0]]) is None  # out of gseq order
-    unsorted = TickBatch(step=1, ticks=batches[1].ticks[::-1])
-    assert minute_bounds([batches[0], unsorted]) == minute_bounds([batches[0], batches[1]])
-    assert minute_bounds([batches[0], TickBatch(step=0, ticks=[]), batches[1]]) is not None
+    first, second = list(batches[0].ticks), list(batches[1].ticks)
+    both = minute_bounds(first + second)  # two steps, a symbol twice: still from the ticks
+    assert both is not None
+    assert sorted(both) == expected_bounds(first + second)
+    assert len(both) < len(first + second)
+    assert minute_bounds(second + first) is None  # out of gseq order
+    assert minute_bounds(first + second[::-1]) is None
+    assert minute_bounds(first + first[-1:]) is None  # a gseq twice
+    assert minute_bounds([]) == []
 
-    async def scenario() -> None:  # three steps a batch: the store reads the minutes back itself
+    async def scenario() -> None:  # three steps a batch, backwards: the store reads the minutes back itself
         store = SQLiteHistory(tmp_path / "h.sqlite3", flush_ms=50)
         await store.start()
         try:
             for k in range(0, len(batches), 3):
-                store.write(TickBatch(step=k, ticks=[t for b in batches[k : k + 3] for t in b.ticks]))
+                store.write(TickBatch(step=k, ticks=[t for b in batches[k : k + 3] for t in b.ticks][::-1]))
                 if k % 60 == 0:
                     await store.flush()
             await store.flush()
@@ -226,3 +233,16 @@ def test_tick_params_flattens_the_ticks_with_each_symbols_number_or_says_one_is_
         tick_params(tuple(ticks), {"A": 10, "B": 11}, 0, 1)
     with pytest.raises(TypeError, match="must be a Tick"):
         tick_params([("A", 1)], {"A": 10}, 0, 1)
+
+
+def test_tick_minutes_floors_minutes_and_refuses_what_is_not_a_list_of_ticks() -> None:
+    ticks = [Tick("A", 1, 1, -1, 1.0, 1.0, 1.0, 1, 0.1), Tick("A", 2, 2, 59, 1.0, 1.0, 1.0, 1, 0.1)]
+    assert tick_minutes(ticks, 60) == [("A", -1, 1, 1), ("A", 0, 2, 2)]  # -1 // 60 is -1, as in Python
+    with pytest.raises(TypeError, match="must be a list"):
+        tick_minutes(tuple(ticks), 60)
+    with pytest.raises(TypeError, match="must be a Tick"):
+        tick_minutes([("A", 1)], 60)
+    with pytest.raises(TypeError, match="must be a str"):
+        tick_minutes([ticks[0]._replace(symbol=7)], 60)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="minute_ns must be > 0"):
+        tick_minutes(ticks, 0)
