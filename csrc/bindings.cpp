@@ -187,6 +187,32 @@ class TickMaker {
   std::vector<nb::str> symbols_;
 };
 
+// Shared by the readers of Tick tuples below (`what` names the function in an error).
+constexpr Py_ssize_t kTickFields = 9;
+
+PyObject* tick_list(const nb::handle ticks, const std::string& what) {
+  if (!PyList_Check(ticks.ptr())) throw nb::type_error((what + ": ticks must be a list").c_str());
+  return ticks.ptr();
+}
+
+PyObject* tick_at(PyObject* list, Py_ssize_t i, const std::string& what) {
+  PyObject* t = PyList_GET_ITEM(list, i);
+  if (!PyTuple_Check(t) || PyTuple_GET_SIZE(t) != kTickFields) throw nb::type_error((what + ": every tick must be a Tick").c_str());
+  return t;
+}
+
+std::int64_t as_int(PyObject* o) {
+  const long long v = PyLong_AsLongLong(o);
+  if (v == -1 && PyErr_Occurred()) throw nb::python_error();
+  return static_cast<std::int64_t>(v);
+}
+
+double as_double(PyObject* o) {
+  const double v = PyFloat_AsDouble(o);
+  if (v == -1.0 && PyErr_Occurred()) throw nb::python_error();
+  return v;
+}
+
 // The other way: ticks (Tick named tuples) -> columns, for the PostgreSQL store's blocks. Eight
 // np.fromiter passes over the tuples took 0.3 us a tick on the writer's thread, holding the GIL the
 // engine thread needs; one pass here takes a few nanoseconds a field. Rows of `ints`: symbol id (from
@@ -194,8 +220,8 @@ class TickMaker {
 // tick whose symbol `ids` lacks (the caller numbers it and calls again).
 Py_ssize_t tick_columns(nb::typed<nb::sequence, nb::object> ticks, nb::typed<nb::dict, nb::str, nb::int_> ids,
                         I64Out ints, OutMat floats) {
-  if (!PyList_Check(ticks.ptr())) throw nb::type_error("tick_columns: ticks must be a list");
-  const Py_ssize_t n = PyList_GET_SIZE(ticks.ptr());
+  PyObject* const list = tick_list(ticks, "tick_columns");
+  const Py_ssize_t n = PyList_GET_SIZE(list);
   if (ints.shape(0) != 5 || floats.shape(0) != 4 || ints.shape(1) != static_cast<std::size_t>(n) ||
       floats.shape(1) != static_cast<std::size_t>(n))
     throw std::invalid_argument("tick_columns: ints must be 5 x len(ticks), floats 4 x len(ticks)");
@@ -208,19 +234,8 @@ Py_ssize_t tick_columns(nb::typed<nb::sequence, nb::object> ticks, nb::typed<nb:
   double* const bid = price + n;
   double* const ask = bid + n;
   double* const vol = ask + n;
-  auto as_int = [](PyObject* o) {
-    const long long v = PyLong_AsLongLong(o);
-    if (v == -1 && PyErr_Occurred()) throw nb::python_error();
-    return static_cast<std::int64_t>(v);
-  };
-  auto as_double = [](PyObject* o) {
-    const double v = PyFloat_AsDouble(o);
-    if (v == -1.0 && PyErr_Occurred()) throw nb::python_error();
-    return v;
-  };
   for (Py_ssize_t i = 0; i < n; ++i) {
-    PyObject* t = PyList_GET_ITEM(ticks.ptr(), i);
-    if (!PyTuple_Check(t) || PyTuple_GET_SIZE(t) != 9) throw nb::type_error("tick_columns: every tick must be a Tick");
+    PyObject* t = tick_at(list, i, "tick_columns");
     PyObject* sym = PyDict_GetItemWithError(ids.ptr(), PyTuple_GET_ITEM(t, 0));
     if (sym == nullptr) {
       if (PyErr_Occurred()) throw nb::python_error();
@@ -245,23 +260,21 @@ Py_ssize_t tick_columns(nb::typed<nb::sequence, nb::object> ticks, nb::typed<nb:
 // Returns None, binding nothing, if a symbol is not in `ids` (the caller numbers it and calls again).
 nb::object tick_params(nb::typed<nb::sequence, nb::object> ticks, nb::typed<nb::dict, nb::str, nb::int_> ids,
                        std::size_t start, std::size_t count) {
-  if (!PyList_Check(ticks.ptr())) throw nb::type_error("tick_params: ticks must be a list");
-  const auto n = static_cast<std::size_t>(PyList_GET_SIZE(ticks.ptr()));
+  PyObject* const list = tick_list(ticks, "tick_params");
+  const auto n = static_cast<std::size_t>(PyList_GET_SIZE(list));
   if (start > n || count > n - start) throw std::invalid_argument("tick_params: start + count exceeds len(ticks)");
-  constexpr Py_ssize_t kFields = 9;
-  nb::object out = nb::steal(PyTuple_New(static_cast<Py_ssize_t>(count) * kFields));
+  nb::object out = nb::steal(PyTuple_New(static_cast<Py_ssize_t>(count) * kTickFields));
   if (!out.is_valid()) throw nb::python_error();
   for (std::size_t i = 0; i < count; ++i) {
-    PyObject* t = PyList_GET_ITEM(ticks.ptr(), static_cast<Py_ssize_t>(start + i));
-    if (!PyTuple_Check(t) || PyTuple_GET_SIZE(t) != kFields) throw nb::type_error("tick_params: every tick must be a Tick");
+    PyObject* t = tick_at(list, static_cast<Py_ssize_t>(start + i), "tick_params");
     PyObject* id = PyDict_GetItemWithError(ids.ptr(), PyTuple_GET_ITEM(t, 0));
     if (id == nullptr) {
       if (PyErr_Occurred()) throw nb::python_error();
       return nb::none();
     }
-    PyObject** row = &PyTuple_GET_ITEM(out.ptr(), static_cast<Py_ssize_t>(i) * kFields);
+    PyObject** row = &PyTuple_GET_ITEM(out.ptr(), static_cast<Py_ssize_t>(i) * kTickFields);
     row[0] = Py_NewRef(id);
-    for (Py_ssize_t f = 1; f < kFields; ++f) row[f] = Py_NewRef(PyTuple_GET_ITEM(t, f));
+    for (Py_ssize_t f = 1; f < kTickFields; ++f) row[f] = Py_NewRef(PyTuple_GET_ITEM(t, f));
   }
   return out;
 }
@@ -271,7 +284,7 @@ nb::object tick_params(nb::typed<nb::sequence, nb::object> ticks, nb::typed<nb::
 // first and last seen are then the least and greatest; otherwise the store has SQLite work them out).
 // One pass: a dict per batch in Python cost 0.26 us a tick under the GIL the engine thread needs.
 nb::object tick_minutes(nb::typed<nb::sequence, nb::object> ticks, std::int64_t minute_ns) {
-  if (!PyList_Check(ticks.ptr())) throw nb::type_error("tick_minutes: ticks must be a list");
+  PyObject* const list = tick_list(ticks, "tick_minutes");
   if (minute_ns <= 0) throw std::invalid_argument("tick_minutes: minute_ns must be > 0");
   struct Bounds {
     PyObject* symbol;
@@ -285,18 +298,16 @@ nb::object tick_minutes(nb::typed<nb::sequence, nb::object> ticks, std::int64_t 
   };
   std::vector<Bounds> bounds;
   std::unordered_map<Key, std::size_t, KeyHash> index;
-  const Py_ssize_t n = PyList_GET_SIZE(ticks.ptr());
+  const Py_ssize_t n = PyList_GET_SIZE(list);
   std::int64_t previous = 0;
   for (Py_ssize_t i = 0; i < n; ++i) {
-    PyObject* t = PyList_GET_ITEM(ticks.ptr(), i);
-    if (!PyTuple_Check(t) || PyTuple_GET_SIZE(t) != 9) throw nb::type_error("tick_minutes: every tick must be a Tick");
+    PyObject* t = tick_at(list, i, "tick_minutes");
     PyObject* symbol = PyTuple_GET_ITEM(t, 0);
     Py_ssize_t size = 0;
     const char* name = PyUnicode_Check(symbol) ? PyUnicode_AsUTF8AndSize(symbol, &size) : nullptr;
     if (name == nullptr) throw nb::type_error("tick_minutes: a tick's symbol must be a str");
-    const long long gseq = PyLong_AsLongLong(PyTuple_GET_ITEM(t, 2));
-    const long long ts = PyLong_AsLongLong(PyTuple_GET_ITEM(t, 3));
-    if ((gseq == -1 || ts == -1) && PyErr_Occurred()) throw nb::python_error();
+    const std::int64_t gseq = as_int(PyTuple_GET_ITEM(t, 2));
+    const std::int64_t ts = as_int(PyTuple_GET_ITEM(t, 3));
     if (i > 0 && gseq <= previous) return nb::none();
     previous = gseq;
     const std::int64_t minute = ts / minute_ns - (ts % minute_ns < 0);  // floor, as Python's //
