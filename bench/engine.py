@@ -8,7 +8,8 @@ Prints asset-steps per second of
   - a vectorised NumPy implementation of the same model and the same scheme (what a researcher would
     otherwise write: NumPy's Generator for normals, one array operation per term);
   - drawing the same random numbers with the engine's own generator and nothing else (the floor);
-and the ratios: engine / NumPy (target >= 10x), engine / floor (target >= 50%), 2 threads / 1.
+and the ratios: engine / NumPy (target >= 10x), engine / floor (target >= 50%), 2 threads / 1, and the
+floor's own 2 threads / 1 (what this machine's two cores give work that shares nothing).
 """
 
 from __future__ import annotations
@@ -155,7 +156,7 @@ def main() -> None:
         f"million asset-steps per second (best of {args.repeat})"
     )
     columns = [("scheme", 11), ("engine 1T", 11), ("engine 2T", 11), ("NumPy", 9), ("floor", 9)]
-    columns += [("vs NumPy", 10), ("vs floor", 10), ("2T/1T", 8)]
+    columns += [("vs NumPy", 10), ("vs floor", 10), ("2T/1T", 8), ("floor 2T/1T", 13)]
     print("".join(f"{name:<{w}}" if i == 0 else f"{name:>{w}}" for i, (name, w) in enumerate(columns)))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -177,6 +178,7 @@ def main() -> None:
             one = best_rate(lambda: sim.step(args.steps), n * args.steps, args.repeat) / 1e6  # noqa: B023
             sim.threads = 2
             two = best_rate(lambda: sim.step(args.steps), n * args.steps, args.repeat) / 1e6  # noqa: B023
+            floor2 = best_rate(lambda: sim.draw_only(args.steps), n * args.steps, args.repeat) / 1e6  # noqa: B023
             sim.threads = 1
             floor = best_rate(lambda: sim.draw_only(args.steps), n * args.steps, args.repeat) / 1e6  # noqa: B023
             model = NumpyModel(u, dt, scheme)
@@ -188,7 +190,7 @@ def main() -> None:
             base = best_rate(numpy_run, n * args.numpy_steps, args.repeat) / 1e6
             print(
                 f"{name:<11}{one:>11.1f}{two:>11.1f}{base:>9.1f}{floor:>9.1f}"
-                f"{one / base:>9.1f}x{100 * one / floor:>9.0f}%{two / one:>8.2f}"
+                f"{one / base:>9.1f}x{100 * one / floor:>9.0f}%{two / one:>8.2f}{floor2 / floor:>13.2f}"
             )
         # What the server's engine thread does per step besides the model: the step's ticks (quotes,
         # sizes, sequence numbers) and their JSON, then the state snapshot stored with them; under the

@@ -16,6 +16,7 @@
 #include <cmath>
 #include <cstddef>
 #include <cstdint>
+#include <limits>
 #include <new>
 #include <stdexcept>
 #include <string>
@@ -222,7 +223,7 @@ class Engine {
 
   struct Scratch {
     explicit Scratch(std::size_t n)
-        : bits(4 * n), z_idio(n), z_perp(n), u_jump(n), z_jump(n), w(n), x_prev(n), drift(n), psi(n) {}
+        : bits(4 * n), z_idio(n), z_perp(n), u_jump(n), z_jump(n), w(n), x_prev(n), drift(n) {}
     Vec<std::uint32_t> bits;  // the block's generator words: four rows of up to n
     Vec<float> z_idio, z_perp;
     Vec<double> u_jump;
@@ -230,7 +231,6 @@ class Engine {
     Vec<double> w;       // factor part of the price driver
     Vec<double> x_prev;  // log-prices before the step, for per-step returns
     Vec<double> drift;   // lifted scheme: the step's variance increment before the kernel
-    Vec<double> psi;     // QE: each asset's psi = s^2 / m^2, which picks its branch
   };
 
   // The hot paths: one step of the assets [begin, end), block by block, and the benchmark's floor.
@@ -331,8 +331,8 @@ class Engine {
     if (p_.scheme == Scheme::QE) {
       // Small steps keep psi far below 1.5 for every asset: then only the quadratic branch is needed,
       // and the exponential branch's extra logarithm and normal tail are skipped for the whole block.
-      // Quadratic lanes compute the same expression either way, so results do not depend on this.
-      const bool all_quadratic = qe_psi(b, m, s);
+      // Each asset computes the same expression either way, so results do not depend on this.
+      const bool all_quadratic = qe_all_quadratic(b, m);
       if (var_scale_ != 1.0)
         qe_block<false, true>(b, m, s);
       else if (all_quadratic)
@@ -447,25 +447,51 @@ class Engine {
     }
   }
 
-  // Each asset's psi into the scratch, where qe_block reads it (computed once, not once per pass), and
-  // whether every asset of the block is in the quadratic regime.
-  bool qe_psi(std::size_t b, std::size_t m, Scratch& s) const {
-    const double *v = &v_[b], *th = &p_.theta[b], *E = &E_[b], *c1 = &c1_[b], *c2 = &c2_[b];
-    double* __restrict psi = s.psi.data();
-    int exponential = 0;
-#pragma omp simd reduction(+ : exponential)
-    for (std::size_t j = 0; j < m; ++j) {
-      const double mm = fused(v[j] - th[j], E[j], th[j]);
-      const double s2 = fused(v[j], c1[j], c2[j]);
-      psi[j] = s2 / (mm * mm);
-      exponential += psi[j] <= 1.5 ? 0 : 1;
-    }
-    return exponential == 0;
+  // QE's moments of v' given v (Andersen 2008, eq. 17-18): m = theta + (v - theta) e^{-kappa dt} and
+  // s^2 = v c1 + c2, kept as n = 2 m^2 and s^2 so that 2 / psi = n / s^2 is never divided out.
+  struct QeMoments {
+    double m, n, s2;
+  };
+  MF_INLINE static QeMoments qe_moments(double v, double th, double E, double c1, double c2) {
+    const double m = fused(v - th, E, th);
+    return {m, 2.0 * (m * m), fused(v, c1, c2)};
+  }
+
+  // Whether every asset of [b, b + m) takes the quadratic branch, and the series for its logarithm.
+  // psi falls as v rises (d psi / dv = -c1 E v / m^3), so psi <= 1.5 is v >= a threshold of the asset's
+  // (precompute): one comparison an asset, where computing psi in a pass of its own cost 6% of the step.
+  bool qe_all_quadratic(std::size_t b, std::size_t m) const {
+    if (!qe_series_block_[b / kBlock]) return false;
+    const double *v = &v_[b], *vq = &qe_v_quadratic_[b];
+    int other = 0;
+#pragma omp simd reduction(+ : other)
+    for (std::size_t j = 0; j < m; ++j) other += v[j] >= vq[j] ? 0 : 1;
+    return other == 0;
+  }
+
+  // ln(1 - y) for |y| <= 1/32: -(y + y^2/2 + ... + y^10/10), the rest below 2^-53 of the sum.
+  MF_INLINE static double log1m_small(double y) {
+    static constexpr double kP[] = {1.0 / 10.0, 1.0 / 9.0, 1.0 / 8.0, 1.0 / 7.0, 1.0 / 6.0,
+                                    1.0 / 5.0,  1.0 / 4.0, 1.0 / 3.0, 1.0 / 2.0, 1.0};
+    return -y * horner(y, kP);
   }
 
   // kOverlay: the prices see var_scale * v. Andersen's martingale correction assumes g = 1, so that
   // path uses the plain central discretisation of the integrated variance instead (an overlay is a
   // short-lived scenario; its O(dt) drift bias is immaterial there).
+  //
+  // Divisions and square roots share one unit, slow for doubles (the four left here are still 30% of
+  // the step on the Intel VM measured, docs/performance.md), so the quadratic branch is written with one
+  // division and three square roots where Andersen's formulas as printed take five and three:
+  //   v' = a (b + zv)^2,  b^2 = 2/psi - 1 + sqrt(2/psi (2/psi - 1)),  a = m / (1 + b^2),
+  //   ln M = A b^2 a / (1 - 2 A a) - ln(1 - 2 A a) / 2   (the martingale correction, eq. 38).
+  // With 2/psi = n / s^2, T = n - s^2, Q = sqrt(n T), G = T + Q, D1 = n + Q (= s^2 (1 + b^2)) and
+  // D2 = D1 - 2 A m s^2 (= D1 (1 - 2 A a)):
+  //   b^2 = G / s^2,  a = m s^2 / D1,  a (b + zv)^2 = (m / D1) (G + 2 zv sqrt(s^2 G) + s^2 zv^2),
+  //   2 A a = 2 A m s^2 / D1,  A b^2 a / (1 - 2 A a) = A m G / D2,
+  // and 1 / D1, 1 / D2 both come from R = 1 / (D1 D2). The logarithm is a series for assets whose
+  // |2 A a| <= 1/32 whatever their variance (precompute: with dt of a month or less, every asset), else
+  // vlog, whose own division the series saves.
   template <bool kQuadraticOnly, bool kOverlay>
   void qe_block(std::size_t b, std::size_t m, Scratch& s) {
     double* __restrict x = &x_[b];
@@ -473,9 +499,9 @@ class Engine {
     const double* w = s.w.data();
     const float* zi = s.z_idio.data();
     const float* zp = s.z_perp.data();
-    const double* ps = s.psi.data();  // from qe_psi
     const double *idio = &p_.idio[b], *rho = &rho_[b], *rc = &rc_[b], *mu = &mudt_[b], *th = &p_.theta[b],
-                 *E = &E_[b], *K2 = &K2_[b], *K3 = &K3_[b], *A = &A_[b], *kap = &p_.kappa[b], *xi = &p_.xi[b];
+                 *E = &E_[b], *c1 = &c1_[b], *c2 = &c2_[b], *K2 = &K2_[b], *K3 = &K3_[b], *A = &A_[b],
+                 *kap = &p_.kappa[b], *xi = &p_.xi[b], *vquad = &qe_v_quadratic_[b], *series = &qe_series_[b];
     const double dt = p_.dt, g = var_scale_, sg = std::sqrt(var_scale_);
 #pragma omp simd
     for (std::size_t j = 0; j < m; ++j) {
@@ -483,50 +509,56 @@ class Engine {
       const double zv = fused(rc[j], static_cast<double>(zp[j]), rho[j] * ws);   // variance shock
       const double zs = fused(rc[j], ws, -rho[j] * static_cast<double>(zp[j]));  // independent of zv
       const double v0 = v[j];
-      const double mm = fused(v0 - th[j], E[j], th[j]);
-      const double psi = ps[j];
-      const bool quadratic = psi <= 1.5;
-      // Quadratic branch (psi clamped so the unused lanes stay finite).
-      const double pq = psi < 1.5 ? psi : 1.5;
-      const double ti = 2.0 / pq;
-      const double b2 = ti - 1.0 + std::sqrt(ti * (ti - 1.0));  // one root: ti >= 4/3, no cancellation
-      const double a = mm / (1.0 + b2);
-      const double sb = std::sqrt(b2) + zv;
-      const double vq = a * sb * sb;
+      const QeMoments mo = qe_moments(v0, th[j], E[j], c1[j], c2[j]);
+      const double mm = mo.m, n = mo.n, s2 = mo.s2;
+      // Quadratic branch (T clamped to the branch's domain, T >= n / 4, so that unused lanes stay finite).
+      const double T = n - s2 > 0.25 * n ? n - s2 : 0.25 * n;
+      const double Q = std::sqrt(n * T);
+      const double G = T + Q;
+      const double D1 = n + Q;
+      // D2 > 0 is Andersen's condition A < 1 / (2a) for the correction to exist; outside it D2 is
+      // clamped so that the lane stays finite.
+      const double D2raw = D1 - 2.0 * A[j] * mm * s2;
+      const double D2 = D2raw > 0x1p-60 * D1 ? D2raw : 0x1p-60 * D1;
+      const double R = 1.0 / (D1 * D2);
+      const double m_d1 = mm * (D2 * R);  // m / D1
+      const double sq = fused(s2 * zv, zv, fused(2.0 * zv, std::sqrt(s2 * G), G));
+      const double vq = sq > 0.0 ? m_d1 * sq : 0.0;
+      const double y = 2.0 * A[j] * s2 * m_d1;      // 2 A a
+      const double corr = A[j] * mm * G * (D1 * R);  // A b^2 a / (1 - 2 A a)
+      double v1, log_m;
       if constexpr (kQuadraticOnly) {
-        const double one_m_2Aa = 1.0 - 2.0 * A[j] * a;
-        const double lg = vlog(one_m_2Aa > 1e-300 ? one_m_2Aa : 1e-300);
-        const double log_m = A[j] * b2 * a / one_m_2Aa - 0.5 * lg;
-        const double var_int = K3[j] * (v0 + vq);
-        x[j] += mu[j] - log_m - 0.5 * K3[j] * v0 + K2[j] * vq + std::sqrt(var_int > 0.0 ? var_int : 0.0) * zs;
-        v[j] = vq;
-        continue;
+        v1 = vq;
+        log_m = corr - 0.5 * log1m_small(y);
+      } else {
+        const bool quadratic = v0 >= vquad[j];
+        const double one_m_y = D2 * D2 * R;  // D2 / D1
+        // Exponential branch: v' = 0 with probability p, else exponential tail; U = Phi(zv).
+        // p = (psi - 1) / (psi + 1) with psi = 2 s^2 / n, clamped to psi >= 1.5 (s^2 >= 0.75 n).
+        const double se = s2 > 0.75 * n ? s2 : 0.75 * n;
+        const double p = (2.0 * se - n) / (2.0 * se + n);
+        const double beta = (1.0 - p) / mm;
+        const double tail = normal_upper_tail(zv);  // 1 - U
+        const double ratio = (1.0 - p) / (tail > 1e-300 ? tail : 1e-300);
+        // Martingale correction (Andersen 2008, eq. 38-39): one log serves whichever branch is taken,
+        // unless the quadratic one's is the series.
+        const double mexp = p + beta * (1.0 - p) / (beta - A[j]);
+        const double larg = quadratic ? one_m_y : mexp;
+        const double lg = vlog(larg > 1e-300 ? larg : 1e-300);
+        log_m = quadratic ? corr - 0.5 * (series[j] != 0.0 ? log1m_small(y) : lg) : lg;
+        const double ve = ratio > 1.0 ? vlog(ratio) / beta : 0.0;
+        v1 = quadratic ? vq : ve;
       }
-      // Exponential branch: v' = 0 with probability p, else exponential tail; U = Phi(zv).
-      const double pe = psi > 1.5 ? psi : 1.5;
-      const double p = (pe - 1.0) / (pe + 1.0);
-      const double beta = (1.0 - p) / mm;
-      const double tail = normal_upper_tail(zv);  // 1 - U
-      const double ratio = (1.0 - p) / (tail > 1e-300 ? tail : 1e-300);
-      // Martingale correction (Andersen 2008, eq. 38-39): one log serves whichever branch is taken.
-      const double one_m_2Aa = 1.0 - 2.0 * A[j] * a;
-      const double mexp = p + beta * (1.0 - p) / (beta - A[j]);
-      const double larg = quadratic ? one_m_2Aa : mexp;
-      const double lg = vlog(larg > 1e-300 ? larg : 1e-300);
-      const double log_m = quadratic ? A[j] * b2 * a / one_m_2Aa - 0.5 * lg : lg;
-      const double ve = ratio > 1.0 ? vlog(ratio) / beta : 0.0;
-      const double v1 = quadratic ? vq : ve;
       if constexpr (kOverlay) {
         // ln S' = ln S + mu dt - g I/2 + sqrt(g) (rho/xi (v' - v - kappa theta dt + kappa I) + sqrt((1-rho^2) I) Z)
         const double I = 0.5 * dt * (v0 + v1);
         const double dwv = (v1 - v0 - kap[j] * (th[j] * dt - I)) / xi[j];
         x[j] += mu[j] - 0.5 * g * I + sg * (rho[j] * dwv + rc[j] * std::sqrt(I) * zs);
-        v[j] = v1;
-        continue;
+      } else {
+        const double var_int = K3[j] * (v0 + v1);  // K3 == K4
+        // ln S' = ln S + mu dt + K0* + K1 v + K2 v' + sqrt(K3 v + K4 v') Z, K0* = -ln M - (K1 + K3/2) v.
+        x[j] += mu[j] - log_m - 0.5 * K3[j] * v0 + K2[j] * v1 + std::sqrt(var_int > 0.0 ? var_int : 0.0) * zs;
       }
-      const double var_int = K3[j] * (v0 + v1);  // K3 == K4
-      // ln S' = ln S + mu dt + K0* + K1 v + K2 v' + sqrt(K3 v + K4 v') Z, K0* = -ln M - (K1 + K3/2) v.
-      x[j] += mu[j] - log_m - 0.5 * K3[j] * v0 + K2[j] * v1 + std::sqrt(var_int > 0.0 ? var_int : 0.0) * zs;
       v[j] = v1;
     }
   }
@@ -578,7 +610,7 @@ class Engine {
     const double dt = p_.dt;
     auto alloc = [N](Vec<double>& v) { v.assign(N, 0.0); };
     for (auto* v : {&rho_, &rc_, &mudt_, &kdt_, &E_, &c1_, &c2_, &K2_, &K3_, &A_, &ldt_, &exp_mldt_,
-                    &jump_comp_})
+                    &jump_comp_, &qe_v_quadratic_, &qe_series_})
       alloc(*v);
     lift_decay_.resize(p_.lift_speed.size());
     lift_phi_.resize(p_.lift_speed.size());
@@ -609,6 +641,27 @@ class Engine {
       K2_[i] = g + r / xi;
       K3_[i] = 0.5 * dt * (1.0 - r * r);
       A_[i] = K2_[i] + 0.5 * K3_[i];
+      // QE's branch: psi(v) = (c1 v + c2) / m(v)^2 falls from xi^2 / (2 kappa theta) at v = 0 as v rises,
+      // so psi <= 1.5 is v >= the root of 1.5 m(v)^2 = c1 v + c2 (m(v) = E v + d), or every v when psi(0)
+      // is already below. Where exactly the threshold rounds does not matter: Andersen's 1.5 is a
+      // choice in [1, 2], and each branch is exact on its own side of it.
+      const double d = th * (1.0 - E);
+      const double a2 = 1.5 * E * E, b1 = 3.0 * E * d - c1_[i], c0 = 1.5 * d * d - c2_[i];
+      double v_quadratic = 0.0;  // psi(0) <= 1.5
+      if (c0 < 0.0) {
+        const double root = std::sqrt(b1 * b1 - 4.0 * a2 * c0);  // of a2 v^2 + b1 v + c0, the positive one:
+        if (b1 > 0.0)
+          v_quadratic = -2.0 * c0 / (b1 + root);  // without the cancellation of -b1 + root
+        else if (a2 > 0.0)
+          v_quadratic = (root - b1) / (2.0 * a2);
+        else
+          v_quadratic = std::numeric_limits<double>::infinity();  // e^{-kappa dt} = 0: psi is constant, > 1.5
+      }
+      qe_v_quadratic_[i] = v_quadratic;
+      // The quadratic branch's |2 A a| <= |A| s^2 / m <= |A| max(c1 / E, c2 / d) at any v: at most 1/32
+      // makes ln(1 - 2 A a) the short series for this asset at every step.
+      const double absA = std::fabs(A_[i]);
+      qe_series_[i] = 32.0 * absA * c1_[i] <= E && 32.0 * absA * c2_[i] <= d ? 1.0 : 0.0;
       const double lam = p_.jump_lambda[i];
       ldt_[i] = lam * dt;
       exp_mldt_[i] = std::exp(-lam * dt);
@@ -617,6 +670,9 @@ class Engine {
       if (lam > 0.0) jumps_ = true;
       max_ldt = std::max(max_ldt, lam * dt);
     }
+    qe_series_block_.assign((N + kBlock - 1) / kBlock, true);
+    for (std::size_t i = 0; i < N; ++i)
+      if (qe_series_[i] == 0.0) qe_series_block_[i / kBlock] = false;
     // Depth of the unrolled Poisson inversion: the probability of more jumps than this in one step
     // is below 1e-15 for every asset.
     jump_kmax_ = 0;
@@ -646,6 +702,10 @@ class Engine {
   bool lift_shared_ = false;  // every asset has the same kernel (see euler_block)
   bool jumps_ = false;
   int jump_kmax_ = 0;
+  // QE: the variance from which each asset takes the quadratic branch, whether it takes the series for
+  // the correction's logarithm (1 or 0), and per block of kBlock assets whether all of them do.
+  Vec<double> qe_v_quadratic_, qe_series_;
+  std::vector<bool> qe_series_block_;
 };
 
 }  // namespace mf

@@ -56,16 +56,18 @@ MF_INLINE double vexp(double x) {
 // log(x) for positive normal x, relative error ~1e-16.
 MF_INLINE double vlog(double x) {
   const std::uint64_t bits = std::bit_cast<std::uint64_t>(x);
-  // The exponent as a double, exactly: its 11 bits placed in the low mantissa bits of 2^52 give
-  // 2^52 + biased exponent. Not static_cast<double>(int64): AVX2 has no vector conversion from 64-bit
+  // x = 2^e m with m in (sqrt(1/2), sqrt(2)], so that |s| <= 0.1716 below, in integer arithmetic:
+  // subtracting sqrt(2)'s mantissa bits borrows from the exponent field exactly when x's mantissa is
+  // at most sqrt(2)'s, which leaves e + 1022 there. (Selecting between m and m / 2 after the fact let
+  // GCC compute the division below for both and select the quotient: two divisions a logarithm.)
+  constexpr std::uint64_t sqrt2_mantissa = 0x6A09E667F3BCEull;  // above 1.4142135623730951's 0x...BCD
+  const std::uint64_t biased = (bits - sqrt2_mantissa) >> 52;     // e + 1022
+  const double m = std::bit_cast<double>(bits - ((biased - 1022) << 52));
+  // The exponent as a double, exactly: its bits placed in the low mantissa bits of 2^52 give
+  // 2^52 + e + 1022. Not static_cast<double>(int64): AVX2 has no vector conversion from 64-bit
   // integers (AVX-512DQ added one), so that cast kept every loop calling vlog scalar on AVX2 CPUs.
   constexpr double two52 = 0x1p52;
-  double e = std::bit_cast<double>((bits >> 52) | std::bit_cast<std::uint64_t>(two52)) - two52 - 1023.0;
-  double m = std::bit_cast<double>((bits & 0x000FFFFFFFFFFFFFull) | 0x3FF0000000000000ull);  // [1, 2)
-  // Centre the mantissa on 1 so that |s| <= 0.1716 below.
-  const bool big = m > 1.4142135623730951;
-  m = big ? 0.5 * m : m;
-  e = big ? e + 1.0 : e;
+  const double e = std::bit_cast<double>(biased | std::bit_cast<std::uint64_t>(two52)) - two52 - 1022.0;
   const double s = (m - 1.0) / (m + 1.0);
   const double s2 = s * s;
   // log(m) = 2 atanh(s) = 2 (s + s^3/3 + ...); ten terms leave an error below 1e-17.

@@ -125,6 +125,20 @@ def test_an_assets_path_does_not_depend_on_the_others() -> None:
     assert np.array_equal(alone.prices, among.prices[:, :7])
 
 
+def test_an_assets_bits_do_not_depend_on_which_qe_loop_its_block_took() -> None:
+    # QE steps a block whose every asset takes the quadratic branch with a loop of its own; a block with
+    # a rough asset takes the loop that computes both branches and picks one per asset. An asset in the
+    # quadratic branch must compute the same bits in either.
+    # Random numbers are keyed by the asset's index: asset 0 is swapped for a calm one, not dropped.
+    calm = (Universe.default().assets[0], *UNIVERSE.assets[1:5])
+    assert all(a.xi**2 / (2 * a.kappa * a.theta) < 1.5 for a in calm)  # psi < 1.5 at every variance
+    alone = Simulator(dataclasses.replace(UNIVERSE, assets=calm), dt=DT, seed=3).paths(300)
+    among = simulator(3, Scheme.QE, jumps=False).paths(300)  # block 0 holds rough assets too
+    assert np.any(among.variances[:, 0] == 0.0)  # asset 0 took the exponential branch
+    assert np.array_equal(alone.prices[:, 1:], among.prices[:, 1:5])
+    assert np.array_equal(alone.variances[:, 1:], among.variances[:, 1:5])
+
+
 def factor_universe(k: int, loaded: int) -> Universe:
     """40 assets on k independent factors, loading on the first `loaded` of them. Every beta and
     weight is a multiple of 1/4 and the correlation is the identity, so the loadings and factor shocks

@@ -194,6 +194,30 @@ def test_mean_variance_follows_its_expectation(params: HestonParams, scheme: Sch
     assert not misses, "; ".join(misses)
 
 
+def test_qe_takes_its_exponential_branch_exactly_where_psi_exceeds_one_and_a_half() -> None:
+    # Andersen's QE draws v' from a squared normal when psi = s^2 / m^2 <= 1.5 (never exactly 0) and
+    # else from a mass p = (psi - 1) / (psi + 1) at 0 plus an exponential. The engine tests psi through
+    # a threshold on v; here psi is computed from each step's starting variance, independently.
+    params = dataclasses.replace(ANDERSEN_I, v0=0.02, t=10.0)  # psi(0) = xi^2 / (2 kappa theta) = 25
+    steps = 50
+    sim = simulator(params, 4000, steps, Scheme.QE, seed=5)
+    after = sim.paths(steps).variances
+    before = np.vstack([np.full(after.shape[1], params.v0), after[:-1]])
+    k, th, xi, dt = params.kappa, params.theta, params.xi, sim.dt
+    e = math.exp(-k * dt)
+    m = th + (before - th) * e
+    s2 = before * xi**2 * e * (1 - e) / k + th * xi**2 * (1 - e) ** 2 / (2 * k)
+    psi = s2 / m**2
+    quadratic, exponential = psi < 1.49, psi > 1.51
+    assert quadratic.sum() > 10_000  # both branches well exercised
+    assert exponential.sum() > 10_000
+    assert np.all(after[quadratic] > 0.0)
+    zero = (after[exponential] == 0.0).astype(float)
+    p = (psi[exponential] - 1) / (psi[exponential] + 1)
+    mean, se = mean_and_se(zero - p)  # each draw is 0 with probability p, independently given psi
+    assert abs(mean) < 4 * se
+
+
 # --- cross-asset correlation ----------------------------------------------------------------------------
 def signed_universe() -> Universe:
     """Assets on single factors and short the market, so that some implied correlations are negative."""
