@@ -211,9 +211,11 @@ def test_merging_a_live_servers_small_blocks_changes_no_answer(
         before = await count(dsn, "SELECT count(*) " + closed)
         monkeypatch.setattr(postgres, "COMPACT_BUDGET_S", 0.0)
         assert await store.compact() == 0  # a round with no time left merges nothing
+        assert store.merge_left
         assert await count(dsn, "SELECT count(*) " + closed) == before
         monkeypatch.setattr(postgres, "COMPACT_BUDGET_S", 60.0)
         assert await store.compact() > 0
+        assert not store.merge_left
         assert await count(dsn, "SELECT count(*) " + closed) == 3 * 3 < before // 10  # a symbol-minute each
         assert await count(dsn, overlaps) == 0
         await write(store, batches[200:])  # five minutes back: minutes come again
@@ -225,6 +227,45 @@ def test_merging_a_live_servers_small_blocks_changes_no_answer(
         assert await store.compact() == 0  # nothing left to merge
 
     run(dsn, body, flush_ms=60_000)
+
+
+@pytest.mark.integration
+def test_a_round_of_merging_that_runs_out_of_time_is_followed_sooner(
+    dsn: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The writer's loop runs a round every COMPACT_EVERY_S, or COMPACT_AGAIN_S after a round that ran
+    # out of time with minutes left: at 1,000 symbols a round merges a tenth of a minute's blocks.
+    rounds: list[bool] = []
+
+    async def body(store: PostgresHistory) -> None:
+        merge = store.compact
+
+        async def counted() -> int:
+            made = await merge()
+            rounds.append(store.merge_left)
+            return made
+
+        monkeypatch.setattr(store, "compact", counted)
+        for step in range(720):  # three minutes in flushes of two steps: the first is closed
+            store.write(batch(step))
+            if step % 2:
+                await store.flush()
+        monkeypatch.setattr(postgres, "COMPACT_EVERY_S", 3600.0)
+        monkeypatch.setattr(postgres, "COMPACT_AGAIN_S", 0.2)
+        monkeypatch.setattr(postgres, "COMPACT_BUDGET_S", 0.0)  # every round out of time at once
+        store._compact_at = 0.0
+        await asyncio.sleep(1.5)
+        assert len(rounds) >= 3  # again and again, 0.2 s apart
+        assert all(rounds)
+        monkeypatch.setattr(postgres, "COMPACT_BUDGET_S", 60.0)
+        await asyncio.sleep(1.0)  # the next round merges the closed minute and finds nothing left
+        assert rounds[-1] is False
+        seen = len(rounds)
+        await asyncio.sleep(1.0)
+        assert len(rounds) == seen  # then an hour until the next
+        assert await count(dsn, f"SELECT count(*) FROM tick_blocks WHERE minute = {T0}") == 3 * 3  # merged
+
+    run(dsn, body, flush_ms=50)
 
 
 @pytest.mark.integration

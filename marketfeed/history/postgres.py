@@ -61,10 +61,13 @@ COMPACT_MINUTES = 10  # how many closed minutes back it looks each time
 #: database about 10 us a tick it merges, plus 0.6 s to find the minutes at 1,000 symbols (docs/
 #: performance.md, section 3): the default universe's minute (20 symbols at 10 steps a second, 12,000
 #: ticks) merges in one short statement, but 1,000 symbols at 25 steps a second make 1,500,000 ticks
-#: a minute, 15-20 s of merging; a round then merges a tenth of them, and the rest stay unmerged (read
-#: more slowly, never wrongly) rather than the writer falling behind.
+#: a minute, 15-20 s of merging, a tenth of it in a round. A round that runs out of time with minutes
+#: left is followed by the next COMPACT_AGAIN_S later rather than a minute later: at most a fifth of
+#: the writer's time, and what a round does not reach stays unmerged (read more slowly, never
+#: wrongly) rather than the writer falling behind.
 COMPACT_GROUPS = 100
 COMPACT_BUDGET_S = 2.0
+COMPACT_AGAIN_S = 10.0
 
 EventRow = tuple[int, int, str, str]
 INSERT_EVENT = "INSERT INTO events (ts, at_step, type, record) VALUES ($1, $2, $3, $4::jsonb)"
@@ -274,6 +277,7 @@ class PostgresHistory:
         self.flushes = 0
         self._newest_ts: int | None = None  # of the ticks written: which minutes are closed
         self._compact_at = time.monotonic() + COMPACT_EVERY_S
+        self.merge_left = False  # the last round of merging ran out of time with minutes left
         self.write_errors = 0
         self.write_lag_s = 0.0
 
@@ -551,22 +555,27 @@ class PostgresHistory:
                 backoff = min(max(2 * backoff, 0.25), 5.0)
             self._log_drops()  # a summary of what the outage dropped since the last line
             if time.monotonic() >= self._compact_at:
-                self._compact_at = time.monotonic() + COMPACT_EVERY_S
+                self.merge_left = False
                 try:
                     await self.compact()
                 except DB_ERRORS as exc:  # the blocks stay as they are; the next round tries again
                     log.warning("history: merging the blocks of closed minutes failed: %s", exc)
+                    self.merge_left = False  # not sooner: the database is having trouble
+                wait = COMPACT_AGAIN_S if self.merge_left else COMPACT_EVERY_S
+                self._compact_at = time.monotonic() + wait
 
     async def compact(self) -> int:
         """Merge each symbol's blocks of the closed minutes (COMPACT_MINUTES of them, up to the one
         before the newest flushed tick's) into blocks of up to BLOCK_TICKS: a live server's 250 ms
         flushes leave blocks of a few ticks, which cost a row each to store and to read. candles_1m
         stays as it was (COMPACT subtracts what its trigger adds back). Oldest first, for at most
-        COMPACT_BUDGET_S: what is left waits for the next round. The number of blocks made."""
+        COMPACT_BUDGET_S: what is left waits for the next round (`merge_left`). The number of blocks
+        made."""
         if self.timescale or self._newest_ts is None:  # TimescaleDB compresses old chunks instead
             return 0
         hi = first_minute(self._newest_ts) - MINUTE_NS
         made, until = 0, time.monotonic() + COMPACT_BUDGET_S
+        self.merge_left = True  # until a statement finds nothing left to merge
         while time.monotonic() < until:  # COMPACT_GROUPS symbol-minutes at a time, each its own transaction
             async with self._flush_lock, self.pool.acquire() as conn, conn.transaction():
                 await conn.execute("SELECT pg_advisory_xact_lock($1)", WRITE_LOCK)
@@ -574,6 +583,7 @@ class PostgresHistory:
                 await conn.execute("SET LOCAL work_mem = '64MB'")
                 status = await conn.execute(COMPACT, hi - COMPACT_MINUTES * MINUTE_NS, hi, COMPACT_GROUPS)
             if (blocks := int(status.split()[-1])) == 0:  # every symbol-minute merged leaves a block
+                self.merge_left = False
                 break
             made += blocks
         return made
