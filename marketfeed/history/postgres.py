@@ -62,7 +62,7 @@ COMPACT_MINUTES = 10  # how many closed minutes back it looks each time
 #: performance.md, section 3): the default universe's minute (20 symbols at 10 steps a second, 12,000
 #: ticks) merges in one short statement, but 1,000 symbols at 25 steps a second make 1,500,000 ticks
 #: a minute, 15-20 s of merging, a tenth of it in a round. A round that runs out of time with minutes
-#: left is followed by the next COMPACT_AGAIN_S later rather than a minute later: at most a fifth of
+#: left is followed by the next COMPACT_AGAIN_S later rather than a minute later: about a fifth of
 #: the writer's time, and what a round does not reach stays unmerged (read more slowly, never
 #: wrongly) rather than the writer falling behind.
 COMPACT_GROUPS = 100
