@@ -447,16 +447,6 @@ class Engine {
     }
   }
 
-  // QE's moments of v' given v (Andersen 2008, eq. 17-18): m = theta + (v - theta) e^{-kappa dt} and
-  // s^2 = v c1 + c2, kept as n = 2 m^2 and s^2 so that 2 / psi = n / s^2 is never divided out.
-  struct QeMoments {
-    double m, n, s2;
-  };
-  MF_INLINE static QeMoments qe_moments(double v, double th, double E, double c1, double c2) {
-    const double m = fused(v - th, E, th);
-    return {m, 2.0 * (m * m), fused(v, c1, c2)};
-  }
-
   // Whether every asset of [b, b + m) takes the quadratic branch, and the series for its logarithm.
   // psi falls as v rises (d psi / dv = -c1 E v / m^3), so psi <= 1.5 is v >= a threshold of the asset's
   // (precompute): one comparison an asset, where computing psi in a pass of its own cost 6% of the step.
@@ -509,8 +499,11 @@ class Engine {
       const double zv = fused(rc[j], static_cast<double>(zp[j]), rho[j] * ws);   // variance shock
       const double zs = fused(rc[j], ws, -rho[j] * static_cast<double>(zp[j]));  // independent of zv
       const double v0 = v[j];
-      const QeMoments mo = qe_moments(v0, th[j], E[j], c1[j], c2[j]);
-      const double mm = mo.m, n = mo.n, s2 = mo.s2;
+      // QE's moments of v' given v (Andersen 2008, eq. 17-18): m = theta + (v - theta) e^{-kappa dt}
+      // and s^2 = v c1 + c2, with n = 2 m^2 so that 2 / psi = n / s^2 is never divided out.
+      const double mm = fused(v0 - th[j], E[j], th[j]);
+      const double n = 2.0 * (mm * mm);
+      const double s2 = fused(v0, c1[j], c2[j]);
       // Quadratic branch (T clamped to the branch's domain, T >= n / 4, so that unused lanes stay finite).
       const double T = n - s2 > 0.25 * n ? n - s2 : 0.25 * n;
       const double Q = std::sqrt(n * T);
