@@ -104,7 +104,10 @@ def sse_event(tick_json: bytes, gseq: int) -> bytes:
 
 @dataclass(slots=True, eq=False)
 class TickBatch:
-    """The ticks of one engine step (or a conflation of several), in symbol order, encoded once."""
+    """The ticks of one engine step (or a conflation of several), in symbol order, encoded once.
+
+    An engine step's ticks share one timestamp (`Market.ticks`); the Kafka bus relies on it.
+    """
 
     step: int  #: engine step index that produced the batch (the last one, for a conflation)
     ticks: Sequence[Tick]

@@ -30,9 +30,9 @@ SYMBOLS = [f"S{i}" for i in range(12)]
 
 def batch(step: int) -> TickBatch:
     n = len(SYMBOLS)
+    ts = 1_795_000_000_000_000_000 + step * 1_000_000_000  # one time per step, as the engine stamps them
     ticks = [
-        Tick(s, step + 1, step * n + i + 1, time.time_ns(), 50.0, 49.99, 50.01, 3, 0.3)
-        for i, s in enumerate(SYMBOLS)
+        Tick(s, step + 1, step * n + i + 1, ts, 50.0, 49.99, 50.01, 3, 0.3) for i, s in enumerate(SYMBOLS)
     ]
     return TickBatch(step=step, ticks=ticks)
 
@@ -100,7 +100,9 @@ async def publish_50_steps(bus: KafkaBus) -> KafkaBus:
     return bus
 
 
-def test_every_tick_is_produced_keyed_with_headers(kafka: Kafka) -> None:
+def test_every_tick_is_produced_keyed_and_each_partitions_share_of_a_step_closed_by_headers(
+    kafka: Kafka,
+) -> None:
     topic = f"t-{uuid.uuid4().hex[:8]}"
     bus = asyncio.run(publish_50_steps(KafkaBus(kafka.bootstrap, topic=topic, partitions=3)))
     assert bus.metrics()["kafka_delivered_total"] == bus.metrics()["kafka_produced_total"] == 600
@@ -108,9 +110,17 @@ def test_every_tick_is_produced_keyed_with_headers(kafka: Kafka) -> None:
     assert len(received) == 600
     assert_exactly_once(received, 50, 3)
     assert len({r.message for r in received}) == 600
-    for r in received:
-        assert r.key == r.tick.symbol
-        assert r.headers == {"schema-version": b"1", "step": b"%d" % (r.tick.seq - 1), "batch-size": b"12"}
+    assert all(r.key == r.tick.symbol for r in received)
+    for p in range(3):
+        in_partition = [r for r in received if r.partition == p]  # in the partition's order
+        symbols = [s for s in SYMBOLS if partition_of(s, 3) == p]
+        assert symbols
+        # Each step's share is contiguous, its symbols in order, and only its last message has headers.
+        for step in range(50):
+            share = in_partition[step * len(symbols) : (step + 1) * len(symbols)]
+            assert [(r.tick.symbol, r.tick.seq - 1) for r in share] == [(s, step) for s in symbols]
+            assert [r.headers for r in share[:-1]] == [{}] * (len(symbols) - 1)
+            assert share[-1].headers == {"schema-version": b"1", "step": b"%d" % step, "batch-size": b"12"}
 
 
 def test_the_step_layout_carries_a_steps_ticks_in_a_message_per_partition(kafka: Kafka) -> None:
@@ -182,8 +192,9 @@ def test_edges_regroup_whole_steps_in_order(kafka: Kafka, layout: KafkaMessages)
         assert [Tick.from_json(e) for e in b.encoded] == b.ticks
 
 
+@LAYOUTS
 def test_an_edge_skips_and_counts_messages_that_are_not_ticks(
-    kafka: Kafka, caplog: pytest.LogCaptureFixture
+    kafka: Kafka, layout: KafkaMessages, caplog: pytest.LogCaptureFixture
 ) -> None:
     topic = f"t-{uuid.uuid4().hex[:8]}"
     # Headers of a step still to come: a tick wrongly taken from these would join step 5.
@@ -205,7 +216,7 @@ def test_an_edge_skips_and_counts_messages_that_are_not_ticks(
                     other.produce(topic, value=value, partition=partition, headers=headers)
             await asyncio.to_thread(other.flush, 10)
 
-    engine = KafkaBus(kafka.bootstrap, topic=topic, partitions=2, messages=KafkaMessages.STEP)
+    engine = KafkaBus(kafka.bootstrap, topic=topic, partitions=2, messages=layout)
     with caplog.at_level(logging.WARNING, logger="marketfeed.streams.kafka"):
         received, edge = asyncio.run(through_an_edge(kafka, engine, 8, interleave))
     assert [b.step for b in received] == list(range(8))  # every step whole, none lost to the garbage
@@ -213,6 +224,7 @@ def test_an_edge_skips_and_counts_messages_that_are_not_ticks(
         assert [t.gseq for t in b.ticks] == [t.gseq for t in batch(b.step).ticks]
     assert edge.metrics()["kafka_malformed_total"] == 2 * len(foreign)
     assert edge.metrics()["kafka_consumed_total"] == 8 * len(SYMBOLS)
+    assert edge.metrics()["kafka_orphaned_total"] == 0
     assert "malformed messages skipped" in caplog.text
 
 

@@ -7,11 +7,13 @@ the step on a queue, a sender thread writes it to the child, a reader thread han
 counters to the loop with `call_soon_threadsafe`. Topic administration and consuming run on threads.
 
 Topic layout (`messages`): by default one message per tick, key = symbol (so each symbol stays in
-order in its partition), value = the tick JSON (the bytes encoded once per batch); or, with
-`messages="step"`, one message per engine step and partition, value = that partition's ticks as JSON
-lines, header `ticks` = their number. Either way the headers `schema-version`, `step` and
-`batch-size` (so an edge knows when it holds a whole engine step, whatever the partitions), and an
-edge reads both layouts.
+order in its partition), value = the tick JSON (the bytes encoded once per batch), and the headers
+`schema-version`, `step` and `batch-size` on the last message of each partition's share of a step
+only (an edge holds the messages before it, which have no headers, until it names their step); or,
+with `messages="step"`, one message per engine step and partition, value = that partition's ticks as
+JSON lines, with the three headers and `ticks` = their number. `batch-size` is the whole step's
+number of ticks, so an edge knows when it holds a whole engine step, whatever the partitions; an edge
+reads both layouts.
 """
 
 from __future__ import annotations
@@ -64,6 +66,9 @@ PRODUCER_NICE = 10
 
 NO_STATUS = Status(0, 0, 0, 0, 0, None)
 
+#: Ticks with their JSON, as an edge reads them.
+TickPairs = list[tuple[Tick, bytes]]
+
 
 @dataclass
 class Totals:
@@ -103,6 +108,7 @@ class KafkaBus:
         self.refused = 0  #: refused by publish: as many ticks in flight as the buffer holds
         self.consumed = 0  #: ticks an edge has read
         self.malformed = 0  #: messages an edge skipped: not a marketfeed tick message
+        self.orphaned = 0  #: ticks an edge dropped: their step's closing message never came
         self.producer_pid: int | None = None  #: the producer process now running
         self.spawns = 0  #: producer processes started
         self._reported = False  # the current producer process has sent a status
@@ -312,6 +318,7 @@ class KafkaBus:
             # Every edge reads every partition from the end, on its own: no group coordination to wait for.
             consumer.assign([TopicPartition(self.topic, p, OFFSET_END) for p in parts])
             regroup = Regrouper(emit)
+            shares = Shares()
             while not stop.is_set():
                 # consume() returns early only with num_messages in hand, so its timeout is the
                 # batching delay every tick pays on its way to the clients: 0.1 s here made the
@@ -329,9 +336,12 @@ class KafkaBus:
                             log.warning("kafka edge: %d malformed messages skipped, the last at %s: %s",
                                         self.malformed, where, exc)  # fmt: skip
                         continue
-                    for tick, value in ticks:
-                        regroup.add(step, size, tick, value)
                     self.consumed += len(ticks)
+                    ticks = shares.add(m.partition() or 0, step, ticks)
+                    self.orphaned = shares.orphaned
+                    if step is not None:
+                        for tick, value in ticks:
+                            regroup.add(step, size, tick, value)
                 regroup.flush_stale()
         finally:
             consumer.close()
@@ -351,6 +361,7 @@ class KafkaBus:
             "kafka_in_flight": self.in_flight,
             "kafka_consumed_total": self.consumed,
             "kafka_malformed_total": self.malformed,
+            "kafka_orphaned_total": self.orphaned,
         }
 
 
@@ -359,12 +370,15 @@ def header_map(message: Message) -> dict[str, bytes]:
     return {k: v for k, v in raw if isinstance(v, bytes)}
 
 
-def ticks_of(message: Message) -> tuple[int, int, list[tuple[Tick, bytes]]]:
+def ticks_of(message: Message) -> tuple[int | None, int, TickPairs]:
     """A message's step, that step's number of ticks, and the ticks it carries with their JSON, in
-    either layout; ValueError for anything else (the topic is open to other producers)."""
+    either layout; step None (and size 0) for a tick without headers, whose step its partition's next
+    message with headers names. ValueError for anything else (the topic is open to other producers)."""
     headers = header_map(message)
     value = message.value() or b""
     try:
+        if "step" not in headers and "batch-size" not in headers:
+            return None, 0, [(Tick.from_json(value), value)]
         step, size = int(headers["step"]), int(headers["batch-size"])
         lines = [value]
         if "ticks" in headers:  # the step layout: the ticks as JSON lines
@@ -374,6 +388,35 @@ def ticks_of(message: Message) -> tuple[int, int, list[tuple[Tick, bytes]]]:
         return step, size, [(Tick.from_json(line), line) for line in lines]
     except (KeyError, TypeError, ValueError) as exc:
         raise ValueError(f"not a marketfeed tick message ({type(exc).__name__}: {exc})") from exc
+
+
+class Shares:
+    """Each partition's ticks without headers, held until the partition's next message with headers
+    (the tick layout's last of the step there) names their step.
+
+    The ticks of one step share their timestamp, so held ticks of another timestamp than the next
+    tick's belong to a step whose closing message was lost (refused by a full producer buffer): they
+    are dropped and counted rather than given to the wrong step.
+    """
+
+    def __init__(self) -> None:
+        self.held: dict[int, TickPairs] = {}
+        self.orphaned = 0
+
+    def add(self, partition: int, step: int | None, ticks: TickPairs) -> TickPairs:
+        """The ticks a message completes: none while a partition's share is open (step None), else the
+        share held so far and the message's own."""
+        held = self.held.get(partition)
+        if held and ticks and held[-1][0].ts != ticks[0][0].ts:
+            self.orphaned += len(held)
+            held.clear()
+        if step is None:
+            self.held.setdefault(partition, []).extend(ticks)
+            return []
+        if not held:
+            return ticks
+        del self.held[partition]
+        return held + ticks
 
 
 class Regrouper:
