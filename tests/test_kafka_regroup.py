@@ -3,6 +3,9 @@
 
 from __future__ import annotations
 
+import pytest
+
+from marketfeed.streams import kafka
 from marketfeed.streams.kafka import Regrouper, Shares
 from marketfeed.ticks import Tick, TickBatch
 
@@ -57,3 +60,12 @@ def test_held_ticks_whose_closing_message_was_lost_are_dropped_not_given_to_the_
     shares.add(0, None, pairs(tick(3, 0, 1)))
     assert shares.add(0, 4, pairs(later)) == pairs(later)
     assert shares.orphaned == 3
+
+
+def test_what_a_partition_holds_is_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(kafka, "HELD_MAX", 3)
+    shares = Shares()
+    for i in range(7):  # ticks without headers, all of one time, and no closing message
+        shares.add(0, None, pairs(tick(3, i, 1)))
+    assert shares.orphaned == 6
+    assert [t.gseq for t, _ in shares.held[0]] == [19]

@@ -48,6 +48,9 @@ log = logging.getLogger(__name__)
 
 #: An edge waits this long for the rest of a step spread over several partitions before moving on.
 STEP_WAIT_S = 1.0
+#: Most ticks an edge holds for one partition while it waits for their step's closing message: a
+#: step of a million symbols. Past it (another producer writing ticks without headers) they are dropped.
+HELD_MAX = 1_000_000
 #: Longest wait of an edge's consume() call for more messages before it hands over what it has.
 CONSUME_WAIT_S = 0.005
 #: How long close() waits for the producer process to flush and exit (it flushes for 15 s).
@@ -396,7 +399,8 @@ class Shares:
 
     The ticks of one step share their timestamp, so held ticks of another timestamp than the next
     tick's belong to a step whose closing message was lost (refused by a full producer buffer): they
-    are dropped and counted rather than given to the wrong step.
+    are dropped and counted rather than given to the wrong step; so are HELD_MAX held ticks that no
+    closing message follows.
     """
 
     def __init__(self) -> None:
@@ -407,7 +411,7 @@ class Shares:
         """The ticks a message completes: none while a partition's share is open (step None), else the
         share held so far and the message's own."""
         held = self.held.get(partition)
-        if held and ticks and held[-1][0].ts != ticks[0][0].ts:
+        if held and ticks and (held[-1][0].ts != ticks[0][0].ts or len(held) >= HELD_MAX):
             self.orphaned += len(held)
             held.clear()
         if step is None:
