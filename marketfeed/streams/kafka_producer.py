@@ -264,9 +264,10 @@ class Child:
             queued = self.producer.produce_batch(self.topic, batch)
         except BufferError:
             queued = 0
-        if queued < len(batch):  # each refused message has its error in "_error": the buffer is full
+        if queued < len(batch):  # each refused message has its error in "_error" (a full buffer, mostly)
+            error = next((m["_error"] for m in batch if "_error" in m), "producer buffer full")
             self.buffer_full += len(batch) - queued
-            self._note("producer buffer full: the broker is not taking ticks")
+            self._note(f"{len(batch) - queued} ticks refused: {error}")
         self.produced += queued
         produce = self.producer.produce
         for p, i in closing:
