@@ -171,6 +171,7 @@ class TickMaker {
           PyLong_FromLongLong(t.size[i]), PyFloat_FromDouble(vol_rounded[i])};
       for (int f = 0; f < kFields; ++f) PyTuple_SET_ITEM(tick, f, fields[f]);
       for (PyObject* f : fields) check(f);
+      PyObject_GC_UnTrack(tick);  // a str, ints and floats: see untrack_ticks
     }
     return {nb::typed<nb::list, nb::object>(std::move(ticks)), nb::typed<nb::list, nb::bytes>(std::move(encoded)),
             std::move(left)};
@@ -211,6 +212,40 @@ double as_double(PyObject* o) {
   const double v = PyFloat_AsDouble(o);
   if (v == -1.0 && PyErr_Occurred()) throw nb::python_error();
   return v;
+}
+
+// The cyclic garbage collector walks every object it tracks. A tick holding only a str, ints and
+// floats can never be part of a reference cycle, and CPython stops tracking such plain tuples itself,
+// but not instances of a tuple subclass like Tick, nor tuples holding them; a server keeps a million
+// ticks (the resume ring), and each full collection walked them all (docs/performance.md, section 1).
+// Untracks each such tick of `ticks` (a list or tuple), then a tuple whose ticks all were; returns how
+// many objects it untracked. Anything else is left as it is.
+std::size_t untrack_ticks(nb::handle ticks) {
+  PyObject* const seq = ticks.ptr();
+  if (!PyList_Check(seq) && !PyTuple_Check(seq)) throw nb::type_error("untrack_ticks: ticks must be a list or tuple");
+  const Py_ssize_t n = PySequence_Fast_GET_SIZE(seq);
+  PyObject** const items = PySequence_Fast_ITEMS(seq);
+  std::size_t untracked = 0;
+  bool all = true;
+  for (Py_ssize_t i = 0; i < n; ++i) {
+    PyObject* const t = items[i];
+    bool atomic = PyTuple_Check(t) && PyTuple_GET_SIZE(t) == kTickFields;
+    for (Py_ssize_t f = 0; atomic && f < kTickFields; ++f) {
+      PyObject* const v = PyTuple_GET_ITEM(t, f);
+      atomic = PyUnicode_CheckExact(v) || PyLong_CheckExact(v) || PyFloat_CheckExact(v);
+    }
+    if (!atomic) {
+      all = false;
+    } else if (PyObject_GC_IsTracked(t)) {
+      PyObject_GC_UnTrack(t);
+      ++untracked;
+    }
+  }
+  if (all && PyTuple_Check(seq) && PyObject_GC_IsTracked(seq)) {
+    PyObject_GC_UnTrack(seq);
+    ++untracked;
+  }
+  return untracked;
 }
 
 // The other way: ticks (Tick named tuples) -> columns, for the PostgreSQL store's blocks. Eight
@@ -426,6 +461,9 @@ NB_MODULE(_engine, m) {
            "bytes for Tick.to_dict(). For the ticks in left (a value outside the cent grid's range, or "
            "a volatility it cannot round, which is then NaN) the JSON is empty, for the caller to fill in.");
 
+  m.def("untrack_ticks", &untrack_ticks, "ticks"_a,
+        "Stop the cyclic garbage collector tracking each tick of a list or tuple that holds only a str, "
+        "ints and floats (it can be in no cycle), then a tuple of such ticks; the number untracked.");
   m.def("tick_columns", &tick_columns, "ticks"_a, "ids"_a, "ints"_a.noconvert(), "floats"_a.noconvert(),
         "Fill `ints` (symbol id, seq, gseq, ts, size) and `floats` (price, bid, ask, vol), one column per "
         "row, from a list of Tick; -1, or the index of the first tick whose symbol `ids` lacks.");

@@ -19,7 +19,7 @@ import numpy as np
 import numpy.typing as npt
 import orjson
 
-from marketfeed._engine import TickMaker
+from marketfeed._engine import TickMaker, untrack_ticks
 from marketfeed.calendar import ALWAYS, Session, parse_session, seasonal_factor, session_fraction
 from marketfeed.engine import SECONDS_PER_YEAR, Simulator, SimulatorState
 from marketfeed.ticks import Tick, TickBatch, iso_time
@@ -138,7 +138,11 @@ class Market:
         for i in left:  # outside what the C++ writer covers (never within the cent grid's range)
             ticks[i] = ticks[i]._replace(vol=round(float(vol[idx[i]]), 6))
             encoded[i] = ticks[i].to_json()
-        return TickBatch(step=step, ticks=ticks, encoded=encoded)
+        # Tuples, untracked by the cyclic collector (untrack_ticks; CPython untracks the tuple of bytes
+        # itself), so that the batches a server keeps cost its full collections nothing per tick.
+        frozen = tuple(ticks)
+        untrack_ticks(frozen)
+        return TickBatch(step=step, ticks=frozen, encoded=tuple(encoded))
 
     # --- trade arrivals ----------------------------------------------------------------------------
     def trade_counts(self, step: int, ts: int) -> IntArray:

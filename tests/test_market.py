@@ -3,6 +3,7 @@ and a restart from a saved state that continues exactly."""
 
 from __future__ import annotations
 
+import gc
 import itertools
 import json
 from dataclasses import replace
@@ -93,6 +94,22 @@ def test_a_tick_the_json_writer_does_not_cover_is_encoded_by_orjson() -> None:
     assert list(batch.encoded) == [t.to_json() for t in batch.ticks]
     assert b'"vol":null' in batch.encoded[2]
     assert b'"price":100000000000000.0' in batch.encoded[1]
+
+    # A tick made in Python (_replace) is left untracked too, so the batch's tuple is.
+    assert not any(gc.is_tracked(t) for t in batch.ticks)
+    assert not gc.is_tracked(batch.ticks)
+
+
+def test_a_steps_ticks_and_their_tuple_are_left_to_no_garbage_collection() -> None:
+    m = market()
+    batches = [m.step(MONDAY_JAN + k * NS) for k in range(3)]
+    for b in batches:
+        assert isinstance(b.ticks, tuple)
+        assert not gc.is_tracked(b.ticks)
+        assert not any(gc.is_tracked(t) for t in b.ticks)
+    gc.collect()  # and they are whole after a collection
+    assert [t.gseq for b in batches for t in b.ticks] == list(range(1, 3 * len(m.symbols) + 1))
+    assert [Tick.from_json(e) for e in batches[2].encoded] == list(batches[2].ticks)
 
 
 # --- arrivals ---------------------------------------------------------------------------------------

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import math
 from typing import Any, cast
 
@@ -9,7 +10,7 @@ import numpy as np
 import orjson
 import pytest
 
-from marketfeed._engine import TickMaker
+from marketfeed._engine import TickMaker, untrack_ticks
 from marketfeed.ticks import Tick, TickBatch, conflate, iso_time
 
 
@@ -109,3 +110,20 @@ def test_the_maker_leaves_what_it_does_not_cover_to_the_caller_and_refuses_bad_i
         TickMaker(tuple, SYMBOLS, SYMBOLS)
     with pytest.raises(ValueError, match="one JSON string per symbol"):
         TickMaker(Tick, SYMBOLS, SYMBOLS[:1])
+
+
+def test_only_ticks_of_plain_fields_and_tuples_of_them_are_untracked() -> None:
+    plain = tick("A", 1, 1)
+    odd = plain._replace(symbol=["A"])  # type: ignore[arg-type]  # a list can be part of a cycle
+    assert gc.is_tracked(plain)  # made in Python: tracked, as any tuple subclass
+    assert untrack_ticks([plain, odd]) == 1
+    assert not gc.is_tracked(plain)
+    assert gc.is_tracked(odd)
+    mixed, clean = (tick("B", 1, 2), odd), (tick("C", 1, 3), tick("D", 1, 4))
+    assert untrack_ticks(mixed) == 1  # the plain tick, not the tuple that holds the other
+    assert gc.is_tracked(mixed)
+    assert untrack_ticks(clean) == 3
+    assert not gc.is_tracked(clean)
+    assert untrack_ticks(clean) == 0
+    with pytest.raises(TypeError, match="list or tuple"):
+        untrack_ticks(iter(clean))
