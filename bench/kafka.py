@@ -101,6 +101,16 @@ def connected_producer(bootstrap: str, first: TickBatch) -> tuple[Producer, str]
     return producer, topic
 
 
+def produce_waiting(producer: Producer, topic: str, **message: Any) -> None:
+    """produce(), waiting for room while the producer's buffer is full (a plain loop loses nothing)."""
+    while True:
+        try:
+            producer.produce(topic, **message)
+            return
+        except BufferError:
+            producer.poll(0.01)
+
+
 def plain(bootstrap: str, batches: list[TickBatch], *, headers: bool = False) -> float:
     producer, topic = connected_producer(bootstrap, batches[0])
     t0 = time.perf_counter()
@@ -110,12 +120,7 @@ def plain(bootstrap: str, batches: list[TickBatch], *, headers: bool = False) ->
         if headers:
             h = [("schema-version", b"1"), ("step", b"%d" % b.step), ("batch-size", b"%d" % len(b))]
         for t, value in zip(b.ticks, b.encoded, strict=True):
-            while True:
-                try:
-                    producer.produce(topic, value=value, key=t.symbol, headers=h)
-                    break
-                except BufferError:
-                    producer.poll(0.01)
+            produce_waiting(producer, topic, value=value, key=t.symbol, headers=h)
         producer.poll(0)
     if producer.flush(60):  # what is left after the wait was not confirmed
         raise RuntimeError("plain loop: ticks still unconfirmed after 60 s")
@@ -144,12 +149,7 @@ def plain_batched(bootstrap: str, batches: list[TickBatch]) -> float:
             messages = [{k: v for k, v in m.items() if k != "_error"} for m in messages if "_error" in m]
             producer.poll(0.01)
         for p, i in closing:
-            while True:
-                try:
-                    producer.produce(topic, value=b.encoded[i], key=keys[i], partition=p, headers=h)
-                    break
-                except BufferError:
-                    producer.poll(0.01)
+            produce_waiting(producer, topic, value=b.encoded[i], key=keys[i], partition=p, headers=h)
         producer.poll(0)
     if producer.flush(60):
         raise RuntimeError("plain batched loop: ticks still unconfirmed after 60 s")
@@ -185,13 +185,8 @@ def plain_steps(bootstrap: str, batches: list[TickBatch]) -> float:
         ]  # fmt: skip
         for p, lines in groups.items():
             n = len(lines)
-            while True:
-                try:
-                    producer.produce(topic, value=b"\n".join(lines), partition=p,
-                                     headers=[*h, ("ticks", b"%d" % n)], on_delivery=counter(n))  # fmt: skip
-                    break
-                except BufferError:
-                    producer.poll(0.01)
+            produce_waiting(producer, topic, value=b"\n".join(lines), partition=p,
+                            headers=[*h, ("ticks", b"%d" % n)], on_delivery=counter(n))  # fmt: skip
         producer.poll(0)
     if producer.flush(60):
         raise RuntimeError("plain step loop: messages still unconfirmed after 60 s")
