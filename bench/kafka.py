@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import resource
 import shutil
 import statistics
 import sys
@@ -21,7 +22,7 @@ import time
 import uuid
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from confluent_kafka import Producer
 from confluent_kafka.admin import AdminClient
@@ -198,6 +199,33 @@ def plain_steps(bootstrap: str, batches: list[TickBatch]) -> float:
     return rate
 
 
+T = TypeVar("T")
+
+
+def with_cpu(run: Callable[[], T]) -> tuple[T, float, float]:
+    """run()'s result and the CPU seconds (user + system) it took in this process and in the child
+    processes that exited meanwhile (the bus's producer process; the broker runs on). Connecting and
+    the first step are included, so these are a little over the steady cost."""
+
+    def cpu(who: int) -> float:
+        r = resource.getrusage(who)
+        return r.ru_utime + r.ru_stime
+
+    here, children = cpu(resource.RUSAGE_SELF), cpu(resource.RUSAGE_CHILDREN)
+    result = run()
+    return result, cpu(resource.RUSAGE_SELF) - here, cpu(resource.RUSAGE_CHILDREN) - children
+
+
+def cpu_text(ticks: int, here: float, child: float = 0.0) -> str:
+    per = 1e6 / ticks
+    if not child:
+        return f"{here * per:.2f} CPU-s per million ticks"
+    return (
+        f"{(here + child) * per:.2f} CPU-s per million ticks "
+        f"({here * per:.2f} server, {child * per:.2f} producer process)"
+    )
+
+
 def lag_text(lags: list[float]) -> str:
     if not lags:
         return "loop lag not measured"
@@ -222,10 +250,14 @@ def main() -> None:
         batches = make_batches(args.steps, args.assets)
         base = plain(broker.bootstrap, batches)
         base_headers = plain(broker.bootstrap, batches, headers=True)
-        base_batched = plain_batched(broker.bootstrap, batches)
-        rate, lags = asyncio.run(through_bus(broker.bootstrap, batches))
-        base_steps = plain_steps(broker.bootstrap, batches)
-        rate_steps, lags_steps = asyncio.run(through_bus(broker.bootstrap, batches, KafkaMessages.STEP))
+        base_batched, plain_cpu, _ = with_cpu(lambda: plain_batched(broker.bootstrap, batches))
+        (rate, lags), bus_cpu, child_cpu = with_cpu(
+            lambda: asyncio.run(through_bus(broker.bootstrap, batches))
+        )
+        base_steps, plain_steps_cpu, _ = with_cpu(lambda: plain_steps(broker.bootstrap, batches))
+        (rate_steps, lags_steps), bus_steps_cpu, child_steps_cpu = with_cpu(
+            lambda: asyncio.run(through_bus(broker.bootstrap, batches, KafkaMessages.STEP))
+        )
         total = args.steps * args.assets
         print(f"kafka benchmark: {total:,} ticks in steps of {args.assets}, delivery confirmed "
               "(acks=all, idempotent, lz4)")  # fmt: skip
@@ -233,6 +265,9 @@ def main() -> None:
         print(f"    KafkaBus from the event loop: {rate:>12,.0f} ticks/s; {lag_text(lags)}")
         print(f"    plain producer loop, same messages: {base_batched:>6,.0f} ticks/s   "
               f"(ratio {rate / base_batched:.2f})")  # fmt: skip
+        # On two cores shared with the broker, CPU is what the bus's rate is short of (docs/performance.md).
+        print(f"    cost: KafkaBus {cpu_text(total, bus_cpu, child_cpu)}; "
+              f"plain loop {cpu_text(total, plain_cpu)}")  # fmt: skip
         print(f"    plain loop, produce() per tick, headers on each: {base_headers:>9,.0f} ticks/s   "
               f"(ratio {rate / base_headers:.2f})")  # fmt: skip
         print(f"    plain loop, produce() per tick, no headers: {base:>14,.0f} ticks/s   "
@@ -241,6 +276,8 @@ def main() -> None:
         print(f"    KafkaBus from the event loop: {rate_steps:>12,.0f} ticks/s; {lag_text(lags_steps)}")
         print(f"    plain producer loop, same messages: {base_steps:>6,.0f} ticks/s   "
               f"(ratio {rate_steps / base_steps:.2f})")  # fmt: skip
+        print(f"    cost: KafkaBus {cpu_text(total, bus_steps_cpu, child_steps_cpu)}; "
+              f"plain loop {cpu_text(total, plain_steps_cpu)}")  # fmt: skip
     finally:
         broker.stop()
         broker.kill()
