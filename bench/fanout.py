@@ -34,6 +34,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
@@ -250,6 +251,18 @@ class Result:
     ticks_per_s: float
     p50_ms: float
     p99_ms: float
+    #: The server processes' CPU time per frame sent, in microseconds (None: not measured). Steadier
+    #: than the rates on two shared cores, where the server gets what the load generator leaves it.
+    cpu_us_per_frame: float | None = None
+
+
+def cpu_seconds(pids: Sequence[int]) -> float:
+    """User and system CPU time of these processes so far, from /proc (Linux)."""
+    ticks = 0
+    for pid in pids:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        ticks += int(fields[11]) + int(fields[12])
+    return ticks / os.sysconf("SC_CLK_TCK")
 
 
 def measure(
@@ -261,7 +274,12 @@ def measure(
     warmup: float,
     stall: int = 0,
     sets: list[list[str]] | None = None,
+    pids: Sequence[int] = (),
+    per_frame: int = 100,
 ) -> Result:
+    """`clients` clients against `url`; with `pids`, the CPU time those server processes spend in the
+    measured window too, per frame sent (a frame: `per_frame` ticks, one step of a client's set;
+    counted from the ticks, as an SSE client reads several events at once)."""
     urls = [url] if isinstance(url, str) else url  # load process i talks to urls[i % len(urls)]
     ctx = mp.get_context("spawn")
     queue = ctx.Queue()
@@ -289,6 +307,12 @@ def measure(
     ]
     for w in workers:
         w.start()
+    cpu = None
+    if pids:  # the same window as the clients': after the warm-up, for `seconds`
+        time.sleep(max(0.0, start + warmup - time.time()))
+        c0 = cpu_seconds(pids)
+        time.sleep(max(0.0, start + warmup + seconds - time.time()))
+        cpu = cpu_seconds(pids) - c0
     parts = [queue.get(timeout=seconds + warmup + 120) for _ in workers]
     for w in workers:
         w.join()
@@ -301,6 +325,7 @@ def measure(
         ticks / seconds,
         float(np.percentile(lat, 50)),
         float(np.percentile(lat, 99)),
+        cpu / (ticks / per_frame) * 1e6 if cpu is not None and ticks else None,
     )
 
 
@@ -361,9 +386,10 @@ def bare_server(args: argparse.Namespace) -> tuple[Server, str]:
 
 def row(name: str, r: Result, base: Result | None = None) -> str:
     ratio = f"{r.frames_per_s / base.frames_per_s:6.2f}" if base and base.frames_per_s else "     -"
+    cpu = f"{r.cpu_us_per_frame:10.1f}" if r.cpu_us_per_frame is not None else f"{'-':>10}"
     return (
         f"{name:<22}{r.clients:>8}{r.frames_per_s:>12,.0f}{r.ticks_per_s:>14,.0f}"
-        f"{r.p50_ms:>10.1f}{r.p99_ms:>10.1f}{ratio:>8}"
+        f"{r.p50_ms:>10.1f}{r.p99_ms:>10.1f}{ratio:>8}{cpu}"
     )
 
 
@@ -406,6 +432,7 @@ def main() -> None:
     )
     print(
         f"{'server':<22}{'clients':>8}{'frames/s':>12}{'ticks/s':>14}{'p50 ms':>10}{'p99 ms':>10}{'ratio':>8}"
+        f"{'us/frame':>10}"
     )
     if args.edges:
         scale_out(args, counts)
@@ -416,7 +443,16 @@ def main() -> None:
             if args.transport == "ws":
                 bare, bare_url = bare_server(args)
                 try:
-                    base = measure(bare_url, "ws", n, args.procs, args.seconds, args.warmup)
+                    base = measure(
+                        bare_url,
+                        "ws",
+                        n,
+                        args.procs,
+                        args.seconds,
+                        args.warmup,
+                        pids=[bare.proc.pid],
+                        per_frame=args.symbols,
+                    )
                 finally:
                     bare.close()
                 print(row("bare (baseline)", base))
@@ -425,15 +461,23 @@ def main() -> None:
             timing = (args.procs, args.seconds, args.warmup)
             try:
                 if args.no_stall:
-                    r = measure(url, args.transport, n, *timing, sets=symbol_sets(args.symbols, args.sets))
+                    r = measure(
+                        url,
+                        args.transport,
+                        n,
+                        *timing,
+                        sets=symbol_sets(args.symbols, args.sets),
+                        pids=[server.proc.pid],
+                        per_frame=args.symbols,
+                    )
                     print(row("marketfeed", r, base))
                 else:
-                    stalled_client_pairs(url, args, n, base)
+                    stalled_client_pairs(url, args, n, base, server.proc.pid)
             finally:
                 server.close()
 
 
-def stalled_client_pairs(url: str, args: argparse.Namespace, n: int, base: Result | None) -> None:
+def stalled_client_pairs(url: str, args: argparse.Namespace, n: int, base: Result | None, pid: int) -> None:
     """Runs without and with one stalled client, alternating, on the same server: one pair's p99s
     differ by tens of percent from noise alone on two shared cores (and drift over a server's life),
     so the change is the ratio of the medians over `--pairs` pairs, each pair printed as well. Every
@@ -444,7 +488,12 @@ def stalled_client_pairs(url: str, args: argparse.Namespace, n: int, base: Resul
     sets = symbol_sets(args.symbols, args.sets)
     for k in range(args.pairs):
         order = (0, 1) if k % 2 == 0 else (1, 0)
-        runs = {stall: measure(url, args.transport, n, *timing, stall=stall, sets=sets) for stall in order}
+        runs = {
+            stall: measure(
+                url, args.transport, n, *timing, stall=stall, sets=sets, pids=[pid], per_frame=args.symbols
+            )
+            for stall in order
+        }
         r, s = runs[0], runs[1]
         change = f"   p99 change {100 * (s.p99_ms / r.p99_ms - 1):+.0f}%"
         first = "" if k % 2 == 0 else "   (stalled run first)"
@@ -492,6 +541,8 @@ def scale_out(args: argparse.Namespace, counts: list[int]) -> None:
                     args.seconds,
                     args.warmup,
                     sets=symbol_sets(args.symbols, args.sets),
+                    pids=[s.proc.pid for s in servers],
+                    per_frame=args.symbols,
                 )
                 print(row(f"engine + {args.edges} edges", r))
     finally:
