@@ -9,7 +9,10 @@ whole run, including the final flush. Baselines, measured in the same run: the p
 the same rows (SQLite `executemany` into a bare table; PostgreSQL binary COPY into a bare table) —
 what the store adds is its deduplication, indexes and the engine state in the same transaction.
 "+engine": the same number of ticks made meanwhile by the engine, as the server makes them (steps of
-LIVE_ASSETS assets on an engine thread), so the writer shares the cores and the GIL with it.
+LIVE_ASSETS assets on an engine thread), so the writer shares the cores and the GIL with it. Each
+run also prints the CPU time it cost a tick: this process's (all its threads: with "+engine", the
+engine's too) and the PostgreSQL server's; together against the two cores' 2 CPU-seconds a second,
+they say whether the cores or a single thread (the GIL, a backend) is the limit.
 
 Merge (PostgreSQL): `--merge-symbols` symbols at 25 steps a second written in a live server's 250 ms
 flushes, then rounds of the writer's merge of closed minutes (`compact`); baseline: the rate at which
@@ -25,13 +28,18 @@ from __future__ import annotations
 import argparse
 import asyncio
 import dataclasses
+import functools
+import os
+import resource
 import shutil
 import sqlite3
 import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 
 import asyncpg
@@ -69,6 +77,7 @@ def batches(steps: int, assets: int, start_ns: int, step_ns: int, first: int = 0
 
 
 Store = SQLiteHistory | PostgresHistory
+Settle = Callable[[], Awaitable[None]]
 QUERIES = (
     "1-minute candles, one symbol, one day",
     "10,000-tick page",
@@ -77,11 +86,60 @@ QUERIES = (
 )
 
 
-async def ingest(store: Store, data: list[TickBatch], bound: int) -> tuple[float, int]:
-    """Ticks per second through the store, and the largest backlog seen."""
+class CpuClock:
+    """CPU-seconds spent so far by this process (all its threads) and by the PostgreSQL server whose
+    data directory is `data` (its postmaster, the backends alive, and those it has reaped), from
+    getrusage and /proc (Linux)."""
+
+    def __init__(self, data: Path | None = None) -> None:
+        self.postmaster = int((data / "postmaster.pid").read_text().split()[0]) if data else None
+
+    def __call__(self) -> tuple[float, float | None]:
+        me = resource.getrusage(resource.RUSAGE_SELF)
+        return me.ru_utime + me.ru_stime, self._server()
+
+    def _server(self) -> float | None:
+        if self.postmaster is None:
+            return None
+        ticks = 0
+        for entry in Path("/proc").iterdir():
+            if not entry.name.isdigit():
+                continue
+            try:
+                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:  # gone meanwhile: its time is in the postmaster's reaped children
+                continue
+            pid, ppid = int(entry.name), int(fields[1])
+            if pid == self.postmaster:
+                ticks += sum(int(f) for f in fields[11:15])  # its own time and its reaped children's
+            elif ppid == self.postmaster:
+                ticks += int(fields[11]) + int(fields[12])
+        return ticks / os.sysconf("SC_CLK_TCK")
+
+
+@dataclass
+class Run:
+    rate: float  #: ticks per second
+    worst: int  #: the largest backlog seen
+    cpu_us: tuple[float, float | None]  #: CPU-us a tick: this process, the database server (if any)
+
+
+def cpu_per_tick(
+    clock: CpuClock, before: tuple[float, float | None], ticks: int
+) -> tuple[float, float | None]:
+    (here, server), (here0, server0) = clock(), before
+    per = 1e6 / max(1, ticks)
+    return (here - here0) * per, None if server is None or server0 is None else (server - server0) * per
+
+
+async def ingest(
+    store: Store, data: list[TickBatch], bound: int, clock: CpuClock, settle: Settle | None = None
+) -> Run:
+    """Ticks per second through the store, the largest backlog seen, and the CPU a tick cost; `settle`
+    (PostgreSQL: a checkpoint) is awaited after the last flush, within the time."""
     await store.start()
     worst = 0
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), clock()
     for batch in data:
         store.write(batch, state='{"step": 0}')
         backlog = int(store.metrics()["history_backlog_rows"])
@@ -90,12 +148,17 @@ async def ingest(store: Store, data: list[TickBatch], bound: int) -> tuple[float
             await asyncio.sleep(0.001)
         await asyncio.sleep(0)
     await store.flush()
-    elapsed = time.perf_counter() - t0
+    if settle is not None:
+        await settle()
+    elapsed, total = time.perf_counter() - t0, sum(len(b) for b in data)
+    cpu = cpu_per_tick(clock, c0, total)
     await store.close()
-    return sum(len(b) for b in data) / elapsed, worst
+    return Run(total / elapsed, worst, cpu)
 
 
-async def ingest_live(store: Store, steps: int, assets: int, bound: int) -> tuple[float, int]:
+async def ingest_live(
+    store: Store, steps: int, assets: int, bound: int, clock: CpuClock, settle: Settle | None = None
+) -> Run:
     """The same, with the ticks made by the engine as the server makes them when it runs flat out: on
     an engine thread, the steps due (`Schedule.run`: for up to BURST_S at a time) and the state after
     them, then `write` on the loop, so the writer and the engine share the two cores."""
@@ -116,7 +179,7 @@ async def ingest_live(store: Store, steps: int, assets: int, bound: int) -> tupl
     await store.start()
     worst, ticks = 0, 0
     with ThreadPoolExecutor(1, thread_name_prefix="engine") as engine:
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), clock()
         while market.next_step < steps:
             made, state = await loop.run_in_executor(engine, run)
             for i, batch in enumerate(made):
@@ -126,9 +189,12 @@ async def ingest_live(store: Store, steps: int, assets: int, bound: int) -> tupl
             while store.metrics()["history_backlog_rows"] > bound:
                 await asyncio.sleep(0.001)
         await store.flush()
+        if settle is not None:
+            await settle()
         elapsed = time.perf_counter() - t0
+        cpu = cpu_per_tick(clock, c0, ticks)
     await store.close()
-    return ticks / elapsed, worst
+    return Run(ticks / elapsed, worst, cpu)
 
 
 async def merge(dsn: str, symbols: int, flush_steps: float, rounds: int) -> None:
@@ -198,6 +264,18 @@ def sqlite_baseline(path: Path, data: list[TickBatch]) -> float:
     return len(rows) / elapsed
 
 
+async def checkpoint(dsn: str) -> None:
+    """Write out what is in the WAL and shared buffers. Before a run (untimed) and at its end (timed),
+    so that each run pays for writing out its own pages, as a server does over time, and not for the
+    run before it: a run's WAL alone seldom reaches max_wal_size, so the checkpoint that three runs'
+    WAL set off landed in whichever run came next (the "+engine" ones)."""
+    conn = await asyncpg.connect(dsn)
+    try:
+        await conn.execute("CHECKPOINT")
+    finally:
+        await conn.close()
+
+
 async def postgres_baseline(dsn: str, data: list[TickBatch]) -> float:
     rows = rows_of(data)
     conn = await asyncpg.connect(dsn)
@@ -206,6 +284,7 @@ async def postgres_baseline(dsn: str, data: list[TickBatch]) -> float:
     t0 = time.perf_counter()
     for i in range(0, len(rows), 10_000):
         await conn.copy_records_to_table("bare", records=rows[i : i + 10_000])
+    await conn.execute("CHECKPOINT")
     elapsed = time.perf_counter() - t0
     await conn.close()
     return len(rows) / elapsed
@@ -258,8 +337,12 @@ async def queries(dsn: str, rows: int, repeat: int) -> dict[str, list[float]]:
     return times
 
 
-def row(name: str, rate: float, base: float, worst: int, what: str) -> str:
-    return f"{name:<12}{rate:>14,.0f}{base:>14,.0f}{rate / base:>8.2f}{worst:>14,}   {what}"
+def row(name: str, run: Run, base: float, what: str) -> str:
+    here, server = run.cpu_us
+    cpu = f"{here:.2f}" + (f" + {server:.2f}" if server is not None else "")
+    return (
+        f"{name:<12}{run.rate:>14,.0f}{base:>14,.0f}{run.rate / base:>8.2f}{run.worst:>14,}{cpu:>14}   {what}"
+    )
 
 
 def pct(values: list[float], q: float) -> float:
@@ -272,18 +355,22 @@ async def main_async(args: argparse.Namespace) -> None:
     data = batches(args.steps, args.assets, time.time_ns(), 10**8)
     total = args.steps * args.assets
     print(f"history benchmark: {total:,} ticks in batches of {args.assets} (one engine step each)")
-    print(f"{'store':<12}{'ticks/s':>14}{'baseline':>14}{'ratio':>8}{'max backlog':>14}   baseline")
+    print(
+        f"{'store':<12}{'ticks/s':>14}{'baseline':>14}{'ratio':>8}{'max backlog':>14}"
+        f"{'CPU-us/tick':>14}   baseline"
+    )
+    print(f"{'':<56}(this process + PostgreSQL's)")
     if not args.skip_sqlite:
         with tempfile.TemporaryDirectory() as tmp:
             lite = SQLiteHistory(Path(tmp) / "h.sqlite3", flush_rows=args.flush_rows)
-            rate, worst = await ingest(lite, data, args.bound)
+            run = await ingest(lite, data, args.bound, CpuClock())
             base = sqlite_baseline(Path(tmp) / "bare.sqlite3", data)
-            print(row("sqlite", rate, base, worst, "executemany, bare table"))
+            print(row("sqlite", run, base, "executemany, bare table"))
             lite = SQLiteHistory(Path(tmp) / "live.sqlite3", flush_rows=args.flush_rows)
-            rate, worst = await ingest_live(
-                lite, max(1, args.steps * args.assets // LIVE_ASSETS), LIVE_ASSETS, args.bound
+            run = await ingest_live(
+                lite, max(1, args.steps * args.assets // LIVE_ASSETS), LIVE_ASSETS, args.bound, CpuClock()
             )
-            print(row("  +engine", rate, base, worst, "the same, the engine making the ticks meanwhile"))
+            print(row("  +engine", run, base, "the same, the engine making the ticks meanwhile"))
     bindir = postgres_bin()
     if bindir is None:
         print("postgres: not installed (sudo bash .ci/install-services.sh); skipped")
@@ -294,22 +381,33 @@ async def main_async(args: argparse.Namespace) -> None:
     try:
         # Each run on a database of its own; the bare table between the first runs and the "+engine"
         # ones, so that a drift of the machine's speed shows in the ratios. The first run on a new
-        # server also creates its WAL files: `--runs 2` shows how much that costs.
-        stored: list[tuple[float, int]] = []
+        # server also creates its WAL files: `--runs 2` shows how much that costs. Each run starts
+        # from a checkpoint and ends with one, in its time (`checkpoint`).
+        clock = CpuClock(server.data)
+        stored: list[Run] = []
         for i in range(args.runs):
             dsn = await asyncio.to_thread(server.create_database, f"ingest{i}")
+            await checkpoint(dsn)
             store = PostgresHistory(dsn, flush_rows=args.flush_rows)
-            stored.append(await ingest(store, data, args.bound))
-        base = await postgres_baseline(await asyncio.to_thread(server.create_database, "bare"), data)
-        for rate, worst in stored:
-            print(row("postgres", rate, base, worst, "binary COPY, bare table"))
+            stored.append(await ingest(store, data, args.bound, clock, functools.partial(checkpoint, dsn)))
+        bare = await asyncio.to_thread(server.create_database, "bare")
+        await checkpoint(bare)
+        base = await postgres_baseline(bare, data)
+        for run in stored:
+            print(row("postgres", run, base, "binary COPY, bare table"))
         for i in range(args.runs):
             dsn = await asyncio.to_thread(server.create_database, f"live{i}")
+            await checkpoint(dsn)
             live = PostgresHistory(dsn, flush_rows=args.flush_rows)
-            rate, worst = await ingest_live(
-                live, max(1, args.steps * args.assets // LIVE_ASSETS), LIVE_ASSETS, args.bound
+            run = await ingest_live(
+                live,
+                max(1, args.steps * args.assets // LIVE_ASSETS),
+                LIVE_ASSETS,
+                args.bound,
+                clock,
+                functools.partial(checkpoint, dsn),
             )
-            print(row("  +engine", rate, base, worst, "the same, the engine making the ticks meanwhile"))
+            print(row("  +engine", run, base, "the same, the engine making the ticks meanwhile"))
         if not args.skip_merge:
             dsn = await asyncio.to_thread(server.create_database, "merge")
             await merge(dsn, args.merge_symbols, 6.25, 3)
