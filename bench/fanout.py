@@ -41,6 +41,7 @@ from typing import Any, cast
 
 import numpy as np
 import uvloop
+from procstat import cpu_seconds
 
 from marketfeed.engine import Universe
 
@@ -256,30 +257,33 @@ class Result:
     cpu_us_per_frame: float | None = None
 
 
-def cpu_seconds(pids: Sequence[int]) -> float:
-    """User and system CPU time of these processes so far, from /proc (Linux)."""
-    ticks = 0
-    for pid in pids:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        ticks += int(fields[11]) + int(fields[12])
-    return ticks / os.sysconf("SC_CLK_TCK")
+@dataclass(frozen=True)
+class Load:
+    """How every measured run loads the server, from the command line, in one place."""
+
+    procs: int  #: load-generator processes
+    seconds: float  #: the measured window
+    warmup: float  #: before it, not counted
+    per_frame: int  #: ticks in a frame: one step of a client's set
+
+    @classmethod
+    def of(cls, args: argparse.Namespace, procs: int | None = None) -> Load:
+        return cls(procs or args.procs, args.seconds, args.warmup, args.symbols)
 
 
 def measure(
     url: str | list[str],
     transport: str,
     clients: int,
-    procs: int,
-    seconds: float,
-    warmup: float,
+    load: Load,
     stall: int = 0,
     sets: list[list[str]] | None = None,
     pids: Sequence[int] = (),
-    per_frame: int = 100,
 ) -> Result:
     """`clients` clients against `url`; with `pids`, the CPU time those server processes spend in the
-    measured window too, per frame sent (a frame: `per_frame` ticks, one step of a client's set;
-    counted from the ticks, as an SSE client reads several events at once)."""
+    measured window too, per frame sent (counted from the ticks, as an SSE client reads several
+    events at once)."""
+    procs, seconds, warmup = load.procs, load.seconds, load.warmup
     urls = [url] if isinstance(url, str) else url  # load process i talks to urls[i % len(urls)]
     ctx = mp.get_context("spawn")
     queue = ctx.Queue()
@@ -325,7 +329,7 @@ def measure(
         ticks / seconds,
         float(np.percentile(lat, 50)),
         float(np.percentile(lat, 99)),
-        cpu / (ticks / per_frame) * 1e6 if cpu is not None and ticks else None,
+        cpu / (ticks / load.per_frame) * 1e6 if cpu is not None and ticks else None,
     )
 
 
@@ -443,32 +447,21 @@ def main() -> None:
             if args.transport == "ws":
                 bare, bare_url = bare_server(args)
                 try:
-                    base = measure(
-                        bare_url,
-                        "ws",
-                        n,
-                        args.procs,
-                        args.seconds,
-                        args.warmup,
-                        pids=[bare.proc.pid],
-                        per_frame=args.symbols,
-                    )
+                    base = measure(bare_url, "ws", n, Load.of(args), pids=[bare.proc.pid])
                 finally:
                     bare.close()
                 print(row("bare (baseline)", base))
             server, ws_url, sse_url = marketfeed_server(args, Path(tmp))
             url = ws_url if args.transport == "ws" else sse_url
-            timing = (args.procs, args.seconds, args.warmup)
             try:
                 if args.no_stall:
                     r = measure(
                         url,
                         args.transport,
                         n,
-                        *timing,
+                        Load.of(args),
                         sets=symbol_sets(args.symbols, args.sets),
                         pids=[server.proc.pid],
-                        per_frame=args.symbols,
                     )
                     print(row("marketfeed", r, base))
                 else:
@@ -483,15 +476,12 @@ def stalled_client_pairs(url: str, args: argparse.Namespace, n: int, base: Resul
     so the change is the ratio of the medians over `--pairs` pairs, each pair printed as well. Every
     second pair runs the stalled client first, so that a drift between the first and the second run
     of a pair does not count as the stalled client's doing."""
-    timing = (args.procs, args.seconds, args.warmup)
     plain, stalled = [], []
     sets = symbol_sets(args.symbols, args.sets)
     for k in range(args.pairs):
         order = (0, 1) if k % 2 == 0 else (1, 0)
         runs = {
-            stall: measure(
-                url, args.transport, n, *timing, stall=stall, sets=sets, pids=[pid], per_frame=args.symbols
-            )
+            stall: measure(url, args.transport, n, Load.of(args), stall=stall, sets=sets, pids=[pid])
             for stall in order
         }
         r, s = runs[0], runs[1]
@@ -531,18 +521,15 @@ def scale_out(args: argparse.Namespace, counts: list[int]) -> None:
                 )
                 servers.append(edge)
                 urls.append(ws_url if args.transport == "ws" else sse_url)
-            procs = max(args.procs, args.edges)
+            load = Load.of(args, procs=max(args.procs, args.edges))
             for n in counts:
                 r = measure(
                     urls,
                     args.transport,
                     n,
-                    procs,
-                    args.seconds,
-                    args.warmup,
+                    load,
                     sets=symbol_sets(args.symbols, args.sets),
                     pids=[s.proc.pid for s in servers],
-                    per_frame=args.symbols,
                 )
                 print(row(f"engine + {args.edges} edges", r))
     finally:

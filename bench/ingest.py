@@ -29,7 +29,6 @@ import argparse
 import asyncio
 import dataclasses
 import functools
-import os
 import resource
 import shutil
 import sqlite3
@@ -55,6 +54,7 @@ from marketfeed.schedule import Schedule
 from marketfeed.ticks import Tick, TickBatch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+from procstat import tree_cpu_seconds
 from services import Postgres, free_port, postgres_bin, workdir
 
 DAY_NS = 86_400 * 10**9
@@ -99,22 +99,7 @@ class CpuClock:
         return me.ru_utime + me.ru_stime, self._server()
 
     def _server(self) -> float | None:
-        if self.postmaster is None:
-            return None
-        ticks = 0
-        for entry in Path("/proc").iterdir():
-            if not entry.name.isdigit():
-                continue
-            try:
-                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-            except OSError:  # gone meanwhile: its time is in the postmaster's reaped children
-                continue
-            pid, ppid = int(entry.name), int(fields[1])
-            if pid == self.postmaster:
-                ticks += sum(int(f) for f in fields[11:15])  # its own time and its reaped children's
-            elif ppid == self.postmaster:
-                ticks += int(fields[11]) + int(fields[12])
-        return ticks / os.sysconf("SC_CLK_TCK")
+        return None if self.postmaster is None else tree_cpu_seconds(self.postmaster)
 
 
 @dataclass
