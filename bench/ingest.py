@@ -96,10 +96,8 @@ class CpuClock:
 
     def __call__(self) -> tuple[float, float | None]:
         me = resource.getrusage(resource.RUSAGE_SELF)
-        return me.ru_utime + me.ru_stime, self._server()
-
-    def _server(self) -> float | None:
-        return None if self.postmaster is None else tree_cpu_seconds(self.postmaster)
+        server = None if self.postmaster is None else tree_cpu_seconds(self.postmaster)
+        return me.ru_utime + me.ru_stime, server
 
 
 @dataclass
