@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
+import io
 import logging
 import resource
 import time
@@ -39,6 +40,8 @@ log = logging.getLogger(__name__)
 #: A shutdown phase slower than this is logged as a warning, with how long it took.
 SLOW_SHUTDOWN_S = 1.0
 STILL_RUNNING_S = 5.0
+#: How long shutdown waits for the background tasks to end once cancelled (they end at once).
+TASKS_STOP_S = 10.0
 #: How long shutdown gives the quote cache, in all, for the updates still queued.
 DRAIN_S = 2.0
 
@@ -215,9 +218,19 @@ class Runtime:
         async with _timed("stopping the background tasks"):
             for task in self._tasks:
                 task.cancel()
-            for task in self._tasks:
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await task
+            # Bounded: a task that does not end when cancelled must not keep the backends below from
+            # flushing what they hold (a stop in CI once waited here until the harness killed it).
+            stuck = (await asyncio.wait(self._tasks, timeout=TASKS_STOP_S))[1] if self._tasks else set()
+            for task in stuck:
+                stack = io.StringIO()
+                task.print_stack(file=stack)
+                log.error(
+                    "shutdown: background task %s did not end within %.0f s of its cancel; going on without "
+                    "it. Its stack:\n%s",
+                    task.get_name(),
+                    TASKS_STOP_S,
+                    stack.getvalue(),
+                )
         self._tasks.clear()
         while self._commands:  # their requests would otherwise wait for a step that never comes
             command = self._commands.popleft()

@@ -87,3 +87,34 @@ def test_an_engine_behind_schedule_hands_its_steps_over_in_runs_with_the_state_a
     assert len(runs) < len(steps) / 2  # steps came in runs of several
     assert all(resumes == s + 1 for s, resumes in written if resumes is not None)  # the state after it
     assert written[-1][1] is not None  # a run ends with its state
+
+
+def test_a_background_task_that_ignores_its_cancel_does_not_hold_the_stop_and_is_named(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(runtime, "TASKS_STOP_S", 0.3)
+    release = asyncio.Event()
+
+    async def stubborn() -> None:
+        while not release.is_set():
+            try:
+                await asyncio.sleep(3600)
+            except asyncio.CancelledError:
+                continue  # swallows every cancel, as a library that retries might
+
+    async def body() -> float:
+        rt = Runtime(Settings(history_path=tmp_path / "h.sqlite3"))
+        rt._spawn(stubborn(), "stubborn")
+        await asyncio.sleep(0)
+        t0 = time.monotonic()
+        await rt.close()
+        took = time.monotonic() - t0
+        release.set()
+        return took
+
+    with caplog.at_level(logging.ERROR, logger="marketfeed.runtime"):
+        took = asyncio.run(body())
+    assert 0.3 <= took < 5.0
+    messages = [r.getMessage() for r in caplog.records]
+    assert any("background task stubborn did not end" in m and "stubborn" in m.split("stack:")[1]
+               for m in messages), messages  # fmt: skip
