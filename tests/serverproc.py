@@ -64,6 +64,9 @@ class ServerProcess:
         return env
 
     def start(self, timeout: float = 20.0) -> ServerProcess:
+        """Start and wait until the server is healthy and, if it runs an engine and serves clients
+        (role "all", the default), has published its first step: /health answers before the first
+        step, and a test that subscribes then would get an empty snapshot (a CI run did, once)."""
         if self.proc is not None and self.proc.poll() is None:
             raise RuntimeError("server already running")
         log = self.log_path.open("ab")
@@ -81,13 +84,16 @@ class ServerProcess:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"server exited with {self.proc.returncode}:\n{self.log_tail()}")
             try:
-                if httpx.get(self.url + "/health", timeout=1.0).status_code == 200:
+                health = httpx.get(self.url + "/health", timeout=1.0)
+                if health.status_code == 200 and (
+                    self.settings.get("role", "all") != "all" or health.json()["last_gseq"] > 0
+                ):
                     return self
             except httpx.TransportError:
                 pass
             time.sleep(0.1)
         self.kill()
-        raise RuntimeError(f"server did not become healthy in {timeout} s:\n{self.log_tail()}")
+        raise RuntimeError(f"server did not become healthy and ticking in {timeout} s:\n{self.log_tail()}")
 
     def stop(self, timeout: float = 60.0) -> int:
         """SIGTERM and wait: the graceful path (streams end, history is flushed).
