@@ -98,6 +98,7 @@ class _Server(uvicorn.Server):
 def serve(settings: Settings) -> None:
     from marketfeed.app import create_app
     from marketfeed.runtime import quiet_garbage_collector
+    from marketfeed.streams.wire import DirectWebSocketProtocol
 
     app = create_app(settings)
     config = uvicorn.Config(
@@ -106,6 +107,8 @@ def serve(settings: Settings) -> None:
         port=settings.port,
         loop="uvloop",
         http="httptools",
+        # `--ws auto`'s protocol, offering the hub a direct write of tick frames (streams/wire.py).
+        ws=DirectWebSocketProtocol,
         ws_max_size=settings.max_message_bytes,
         ws_per_message_deflate=settings.ws_compression,
         log_level=settings.log_level,

@@ -8,6 +8,7 @@ clients watching the same symbols cost one encoding, not a thousand.
 from __future__ import annotations
 
 import functools
+import struct
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -114,6 +115,7 @@ class TickBatch:
     encoded: Sequence[bytes] = ()  #: `Tick.to_json()` of each tick, filled in when omitted
     _frames: dict[SymbolSet, bytes] = field(default_factory=dict, repr=False)  #: SSE chunks
     _texts: dict[SymbolSet, str] = field(default_factory=dict, repr=False)  #: WebSocket text frames
+    _wires: dict[SymbolSet, bytes] = field(default_factory=dict, repr=False)  #: the same, framed
 
     def __post_init__(self) -> None:
         if not self.encoded:
@@ -142,6 +144,16 @@ class TickBatch:
             self._texts[symbols] = frame
         return frame or None
 
+    def ws_wire(self, symbols: SymbolSet) -> bytes | None:
+        """`ws_frame` as a whole WebSocket frame, header and all (`streams/wire.py`); None when the
+        client watches none of these ticks."""
+        wire = self._wires.get(symbols)
+        if wire is None:
+            frame = self.ws_frame(symbols)
+            wire = text_frame(frame.encode()) if frame is not None else b""
+            self._wires[symbols] = wire
+        return wire or None
+
     def sse_chunk(self, symbols: SymbolSet, after_gseq: int = 0) -> bytes:
         """SSE `tick` events (id = gseq) for the ticks a client watches, newer than `after_gseq`."""
         if after_gseq >= self.last_gseq:
@@ -156,6 +168,19 @@ class TickBatch:
             chunk = b"".join(sse_event(self.encoded[i], self.ticks[i].gseq) for i in self._select(symbols, 0))
             self._frames[symbols] = chunk
         return chunk
+
+
+def text_frame(payload: bytes) -> bytes:
+    """A server's WebSocket frame: one final, unmasked text frame of `payload` (UTF-8), as RFC 6455
+    section 5.2 lays it out. Unmasked, so the same bytes go to every client."""
+    n = len(payload)
+    if n < 126:
+        header = struct.pack("!BB", 0x81, n)
+    elif n < 1 << 16:
+        header = struct.pack("!BBH", 0x81, 126, n)
+    else:
+        header = struct.pack("!BBQ", 0x81, 127, n)
+    return header + payload
 
 
 def conflate(batches: Iterable[TickBatch]) -> TickBatch:

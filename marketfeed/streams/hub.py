@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import Counter, deque
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 from marketfeed.ticks import SymbolSet, Tick, TickBatch, conflate
 
@@ -40,9 +40,15 @@ class Subscriber:
         self.closed = asyncio.Event()
         self.notices: list[bytes] = []  #: market events (scenarios) as JSON, sent before the next ticks
         self.idle_deadline: float | None = None  #: loop time at which an idle `get` gives up
+        #: Sends a batch at once, bypassing the queue, and returns True, or returns False having sent
+        #: nothing (see `Session.send_now`); only called while nothing is queued, so order holds.
+        self.send_now: Callable[[TickBatch], bool] | None = None
 
     def offer(self, batch: TickBatch) -> None:
         if self.closed_reason is not None:
+            return
+        if self.send_now is not None and not self._queue and not self.notices and self.send_now(batch):
+            self._behind_since = None
             return
         if len(self._queue) >= self._maxlen:
             now = time.monotonic()
@@ -143,6 +149,7 @@ class Hub:
         self.published_ticks = 0
         self.conflated_ticks = 0
         self.slow_disconnects = 0
+        self.sent_now = 0  #: frames written straight from `publish` (`Subscriber.send_now`), not queued
 
     # --- publishing ------------------------------------------------------------------------------
     def publish(self, batch: TickBatch) -> None:

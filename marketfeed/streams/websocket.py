@@ -40,6 +40,7 @@ from marketfeed.history.store import HistoryStore
 from marketfeed.security import TokenBucket
 from marketfeed.streams.backfill import backfill
 from marketfeed.streams.hub import Hub, Subscriber
+from marketfeed.streams.wire import direct_write
 from marketfeed.ticks import SymbolSet, Tick, TickBatch
 
 CLOSE_GOING_AWAY = 1001
@@ -94,6 +95,23 @@ class Session:
         # Snapshots, acks and tick frames must not interleave: a new symbol's snapshot goes out before
         # any of its live ticks.
         self.lock = asyncio.Lock()
+        self._write = direct_write(ws.scope)
+        if self._write is not None:
+            self.sub.send_now = self.send_now
+
+    def send_now(self, batch: TickBatch) -> bool:
+        """From the hub's publish: write the batch's frame straight to the connection (`streams/wire`)
+        unless the send loop is busy (it holds the lock for a snapshot, an ack or queued batches) or
+        the client is not keeping up; False to have it queued instead."""
+        if self.lock.locked():
+            return False
+        wire = batch.ws_wire(self.sub.symbols)
+        if wire is None:
+            return True  # none of its ticks are watched here: nothing to send either way
+        if self._write is None or not self._write(wire):
+            return False
+        self.hub.sent_now += 1
+        return True
 
     async def run(self) -> None:
         tasks = [
