@@ -11,7 +11,7 @@ import orjson
 import pytest
 
 from marketfeed._engine import TickMaker, untrack_ticks
-from marketfeed.ticks import Tick, TickBatch, conflate, iso_time
+from marketfeed.ticks import Tick, TickBatch, conflate, iso_time, text_frame
 
 
 def tick(symbol: str, seq: int, gseq: int) -> Tick:
@@ -34,6 +34,18 @@ def test_frames_are_memoised_per_symbol_set() -> None:
     assert chunk.startswith(b"id: 1\n")
     assert b.sse_chunk(None, after_gseq=1).startswith(b"id: 2\n")  # resume boundary inside a batch
     assert b.sse_chunk(None, after_gseq=2) == b""
+
+
+def test_a_wire_frame_is_the_text_frame_framed_once_per_symbol_set() -> None:
+    b = TickBatch(step=0, ticks=[tick("A", 1, 1), tick("B", 1, 2)])
+    for symbols in (None, frozenset({"B"})):
+        wire = b.ws_wire(symbols)
+        assert wire is not None
+        assert wire is b.ws_wire(symbols)
+        text = b.ws_frame(symbols)
+        assert text is not None
+        assert wire == text_frame(text.encode())  # the same JSON, byte for byte
+    assert b.ws_wire(frozenset({"C"})) is None
 
 
 def test_conflate_keeps_the_newest_tick_of_each_symbol_in_gseq_order() -> None:
