@@ -106,3 +106,33 @@ def test_watchers_count_subscribers_per_symbol(symbols: frozenset[str] | None) -
     assert dict(hub.watchers) == {"BBB": 1}
     hub.unsubscribe(sub)
     assert not hub.watchers
+
+
+def test_a_direct_send_that_fails_leaves_that_client_on_its_queue_and_the_others_served(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    async def scenario() -> None:
+        hub = Hub(client_queue=100)
+        broken, fine = hub.subscribe(None), hub.subscribe(None)
+        sent: list[int] = []
+
+        def fails(b: TickBatch) -> bool:
+            raise OSError("the connection broke mid-write")
+
+        def works(b: TickBatch) -> bool:
+            sent.append(b.step)
+            return True
+
+        broken.send_now, fine.send_now = fails, works
+        for step in range(3):
+            hub.publish(batch(step))  # would raise out of the engine task without the guard
+        assert sent == [0, 1, 2]
+        assert broken.send_now is None  # not tried again
+        assert [b.step for b in await broken.get(1.0)] == [0, 1, 2]  # nothing lost: all queued
+        assert fine.backlog == 0
+
+    with caplog.at_level("ERROR", logger="marketfeed.streams.hub"):
+        asyncio.run(scenario())
+    assert [r.message for r in caplog.records].count(
+        "a direct send failed; this client's frames take the queue from now on"
+    ) == 1

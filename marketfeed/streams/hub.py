@@ -12,11 +12,14 @@ and the latest tick of each symbol (the snapshot a new subscriber gets first).
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections import Counter, deque
 from collections.abc import Callable, Iterable
 
 from marketfeed.ticks import SymbolSet, Tick, TickBatch, conflate
+
+log = logging.getLogger(__name__)
 
 #: How often the hub wakes subscribers whose idle wait has run out (SSE keep-alives): one timer for
 #: all of them, instead of one per wait. An idle wake-up comes at most this late.
@@ -47,7 +50,7 @@ class Subscriber:
     def offer(self, batch: TickBatch) -> None:
         if self.closed_reason is not None:
             return
-        if self.send_now is not None and not self._queue and not self.notices and self.send_now(batch):
+        if self.send_now is not None and not self._queue and not self.notices and self._sent_now(batch):
             self._behind_since = None
             return
         if len(self._queue) >= self._maxlen:
@@ -68,6 +71,16 @@ class Subscriber:
         else:
             self._queue.append(batch)
         self._ready.set()
+
+    def _sent_now(self, batch: TickBatch) -> bool:
+        # Called from publish, so an error here would stop the engine task for every client: this
+        # client goes on through its queue instead, and the error is logged once.
+        try:
+            return self.send_now is not None and self.send_now(batch)
+        except Exception:
+            log.exception("a direct send failed; this client's frames take the queue from now on")
+            self.send_now = None
+            return False
 
     async def get(self, idle_seconds: float | None = None) -> list[TickBatch]:
         """Everything queued, waiting up to `idle_seconds` for something; [] on timeout or close."""
