@@ -98,7 +98,7 @@ class _Server(uvicorn.Server):
 def serve(settings: Settings) -> None:
     from marketfeed.app import create_app
     from marketfeed.runtime import quiet_garbage_collector
-    from marketfeed.streams.wire import DirectWebSocketProtocol
+    from marketfeed.streams.wire import DirectHttpToolsProtocol, DirectWebSocketProtocol
 
     app = create_app(settings)
     config = uvicorn.Config(
@@ -106,8 +106,9 @@ def serve(settings: Settings) -> None:
         host=settings.host,
         port=settings.port,
         loop="uvloop",
-        http="httptools",
-        # `--ws auto`'s protocol, offering the hub a direct write of tick frames (streams/wire.py).
+        # httptools and `--ws auto`'s protocol, each offering the hub a direct write of tick frames
+        # and SSE chunks to connections that keep up (streams/wire.py).
+        http=DirectHttpToolsProtocol,
         ws=DirectWebSocketProtocol,
         ws_max_size=settings.max_message_bytes,
         ws_per_message_deflate=settings.ws_compression,

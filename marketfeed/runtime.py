@@ -464,7 +464,7 @@ class Runtime:
             "ticks_published_total": self.hub.published_ticks,
             "queue_conflated_ticks_total": self.hub.conflated_ticks,
             "slow_client_disconnects_total": self.hub.slow_disconnects,
-            "ws_direct_frames_total": self.hub.sent_now,
+            "direct_writes_total": self.hub.sent_now,
             "quote_updates_dropped_total": self.quote_updates_dropped,
             "connections_refused_total": self.limiter.refused,
         }

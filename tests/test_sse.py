@@ -2,14 +2,21 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import socket
 import time
-from collections.abc import Iterator
-from typing import Any
+from collections.abc import Awaitable, Callable, Iterator
+from typing import Any, cast
 
 import httpx
+import pytest
 from serverproc import ServerFactory, ServerProcess
+
+from marketfeed.streams.hub import Hub
+from marketfeed.streams.sse import EventStream
+from marketfeed.streams.wire import HTTP_EXTENSION
+from marketfeed.ticks import Tick, TickBatch
 
 
 def events(response: httpx.Response) -> Iterator[tuple[str, str, str]]:
@@ -158,3 +165,90 @@ def test_poisson_arrivals_stream_gap_free_seq_across_a_restart(server_factory: S
     steps = {(t["gseq"] - 1) // n for t in ticks}
     per_step = len(ticks) / (max(steps) - min(steps) + 1)
     assert per_step < n / 3, "irregular arrivals: far fewer ticks than symbols per step"
+
+
+def sse_direct_writes(server: ServerProcess) -> float:
+    for line in httpx.get(server.url + "/metrics").text.splitlines():
+        if line.startswith("marketfeed_direct_writes_total "):
+            return float(line.split()[1])
+    raise AssertionError("no marketfeed_direct_writes_total in /metrics")
+
+
+def test_a_real_server_writes_live_chunks_directly(server: ServerProcess) -> None:
+    before = sse_direct_writes(server)
+    assert_continuous(read_ticks(server.url + "/stream/sse?symbols=NOVA", 20))
+    assert sse_direct_writes(server) > before
+
+
+def stream_output(
+    script: Callable[[Hub, list[bool]], Awaitable[None]], *, direct: bool
+) -> list[tuple[str, str]]:
+    """(event, id) of everything an EventStream wrote, through ASGI and, with `direct`, through a
+    fake of the direct write (`streams/wire.py`), in the order it was written; `script` publishes,
+    and sets the one flag to make the direct write refuse, as over a high-water mark."""
+    out: list[bytes] = []
+    refuse = [False]
+
+    def write(body: bytes) -> bool:
+        if refuse[0]:
+            return False
+        out.append(body)
+        return True
+
+    async def scenario() -> None:
+        hub, shutdown, never = Hub(), asyncio.Event(), asyncio.Event()
+        stream = EventStream(hub, cast(Any, None), frozenset({"A"}), None, ping_seconds=60, shutdown=shutdown)
+        scope = {"type": "http", "extensions": {HTTP_EXTENSION: {"write": write}} if direct else {}}
+
+        async def send(message: dict[str, Any]) -> None:
+            if message["type"] == "http.response.body":
+                out.append(message["body"])
+
+        async def receive() -> dict[str, Any]:
+            await never.wait()
+            return {"type": "http.disconnect"}
+
+        task = asyncio.create_task(stream(cast(Any, scope), cast(Any, receive), cast(Any, send)))
+        for _ in range(3):
+            await asyncio.sleep(0)  # the stream is live: it waits for the hub
+        await script(hub, refuse)
+        for _ in range(5):
+            await asyncio.sleep(0)
+        shutdown.set()
+        await task
+
+    asyncio.run(scenario())
+    text = b"".join(out).decode()
+    found = []
+    for block in text.split("\n\n"):
+        fields = dict(line.split(": ", 1) for line in block.splitlines() if ": " in line)
+        if "event" in fields:
+            found.append((fields["event"], fields.get("id", "")))
+    return found
+
+
+def one_step(step: int) -> TickBatch:
+    return TickBatch(step=step, ticks=[Tick(s, step + 1, 2 * step + i + 1, step, 10.0, 9.9, 10.1, 1, 0.2)
+                                       for i, s in enumerate("AB")])  # fmt: skip
+
+
+@pytest.mark.parametrize("direct", [False, True], ids=["asgi", "direct"])
+def test_an_event_stream_writes_each_tick_once_in_order_whichever_path_it_takes(direct: bool) -> None:
+    async def script(hub: Hub, refuse: list[bool]) -> None:
+        hub.publish(one_step(0))
+        refuse[0] = True  # over the high-water mark: these two are queued
+        hub.publish(one_step(1))
+        hub.announce(b'{"id":1}')
+        hub.publish(one_step(2))
+        refuse[0] = False
+        hub.publish(one_step(3))  # still behind the queue
+        for _ in range(3):
+            await asyncio.sleep(0)
+        hub.publish(one_step(4))  # nothing queued: direct again
+
+    found = stream_output(script, direct=direct)
+    # A's gseq in step k is 2k + 1. A notice goes out ahead of every tick still queued, so before step
+    # 0 when all of them wait in the queue, and after it when step 0 was written directly.
+    ticks = [("tick", str(2 * k + 1)) for k in range(5)]
+    expected = [("scenario", ""), *ticks] if not direct else [ticks[0], ("scenario", ""), *ticks[1:]]
+    assert found == expected

@@ -321,9 +321,9 @@ def test_a_scenario_notice_goes_out_before_the_ticks_published_after_it(direct: 
 
 def direct_frames(server: ServerProcess) -> float:
     for line in httpx.get(server.url + "/metrics").text.splitlines():
-        if line.startswith("marketfeed_ws_direct_frames_total "):
+        if line.startswith("marketfeed_direct_writes_total "):
             return float(line.split()[1])
-    raise AssertionError("no marketfeed_ws_direct_frames_total in /metrics")
+    raise AssertionError("no marketfeed_direct_writes_total in /metrics")
 
 
 @pytest.mark.parametrize("compression", [False, True], ids=["plain", "permessage-deflate"])

@@ -162,7 +162,7 @@ class Hub:
         self.published_ticks = 0
         self.conflated_ticks = 0
         self.slow_disconnects = 0
-        self.sent_now = 0  #: frames written straight from `publish` (`Subscriber.send_now`), not queued
+        self.sent_now = 0  #: WebSocket frames and SSE chunks written straight from `publish`, not queued
 
     # --- publishing ------------------------------------------------------------------------------
     def publish(self, batch: TickBatch) -> None:

@@ -19,7 +19,8 @@ from starlette.types import Receive, Scope, Send
 from marketfeed.history.store import HistoryStore
 from marketfeed.streams.backfill import backfill
 from marketfeed.streams.hub import Hub, Subscriber
-from marketfeed.ticks import SymbolSet
+from marketfeed.streams.wire import HTTP_EXTENSION, DirectWrite, direct_write
+from marketfeed.ticks import SymbolSet, TickBatch
 
 RETRY_MS = 2000
 
@@ -60,10 +61,29 @@ class EventStream(Response):
         self.last_event_id = last_event_id
         self.ping_seconds = ping_seconds
         self.shutdown = shutdown
+        self.last = 0  #: the newest gseq written (or skipped as not watched)
+        self.busy = True  #: the writer task is between two waits: publish must queue, not write
+        self._direct: DirectWrite | None = None
         super().__init__(status_code=200, media_type="text/event-stream")
+
+    def _send_now(self, batch: TickBatch) -> bool:
+        """From the hub's publish: the batch's chunk straight to the connection (`streams/wire.py`),
+        unless the writer task is busy, the batch reaches back to a resume point, or the client is
+        not keeping up; False to have it queued instead."""
+        if self.busy or self._direct is None or (batch.ticks and batch.ticks[0].gseq <= self.last):
+            return False
+        chunk = batch.sse_chunk(self.symbols, self.last)
+        if chunk:
+            if not self._direct(chunk):
+                return False
+            self.hub.sent_now += 1
+        self.last = max(self.last, batch.last_gseq)
+        return True
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         sub = self.hub.subscribe(self.symbols)  # before any backfill, so no tick falls in between
+        self.symbols = sub.symbols  # the hub's interned set, which the batches' chunks are keyed by
+        self._direct = direct_write(scope, HTTP_EXTENSION)
         await send({"type": "http.response.start", "status": 200, "headers": HEADERS})
         writer = asyncio.create_task(self._write(sub, send))
         watchers = [
@@ -99,16 +119,19 @@ class EventStream(Response):
 
         await write(b"retry: %d\n\n" % RETRY_MS)
         if self.last_event_id is None:
-            last = self.hub.last_gseq
+            self.last = self.hub.last_gseq
         else:
-            last = self.last_event_id
-            async for batch in backfill(self.hub, self.history, sub.symbols, last):
-                chunk = batch.sse_chunk(sub.symbols, last)
+            self.last = self.last_event_id
+            async for batch in backfill(self.hub, self.history, sub.symbols, self.last):
+                chunk = batch.sse_chunk(sub.symbols, self.last)
                 if chunk:
                     await write(chunk)
-                last = max(last, batch.last_gseq)
+                self.last = max(self.last, batch.last_gseq)
+        sub.send_now = self._send_now
         while True:
+            self.busy = False
             batches = await sub.get(self.ping_seconds)
+            self.busy = True  # from here to the next wait, publish queues
             if sub.closed_reason is not None:
                 await write(b"event: close\ndata: %s\n\n" % sub.closed_reason.encode())
                 return
@@ -119,7 +142,7 @@ class EventStream(Response):
                 if not notices:
                     await write(b": ping\n\n")
                 continue
-            chunk = b"".join(b.sse_chunk(sub.symbols, last) for b in batches)
-            last = max(last, batches[-1].last_gseq)
+            chunk = b"".join(b.sse_chunk(sub.symbols, self.last) for b in batches)
+            self.last = max(self.last, batches[-1].last_gseq)
             if chunk:
                 await write(chunk)
