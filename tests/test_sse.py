@@ -181,8 +181,8 @@ def test_a_real_server_writes_live_chunks_directly(server: ServerProcess) -> Non
 
 
 def stream_output(
-    script: Callable[[Hub, list[bool]], Awaitable[None]], *, direct: bool
-) -> list[tuple[str, str]]:
+    script: Callable[[Hub, list[bool]], Awaitable[None]], *, direct: bool, ping_seconds: float = 60.0
+) -> str:
     """(event, id) of everything an EventStream wrote, through ASGI and, with `direct`, through a
     fake of the direct write (`streams/wire.py`), in the order it was written; `script` publishes,
     and sets the one flag to make the direct write refuse, as over a high-water mark."""
@@ -197,7 +197,9 @@ def stream_output(
 
     async def scenario() -> None:
         hub, shutdown, never = Hub(), asyncio.Event(), asyncio.Event()
-        stream = EventStream(hub, cast(Any, None), frozenset({"A"}), None, ping_seconds=60, shutdown=shutdown)
+        stream = EventStream(
+            hub, cast(Any, None), frozenset({"A"}), None, ping_seconds=ping_seconds, shutdown=shutdown
+        )
         scope = {"type": "http", "extensions": {HTTP_EXTENSION: {"write": write}} if direct else {}}
 
         async def send(message: dict[str, Any]) -> None:
@@ -218,7 +220,10 @@ def stream_output(
         await task
 
     asyncio.run(scenario())
-    text = b"".join(out).decode()
+    return b"".join(out).decode()
+
+
+def sse_events(text: str) -> list[tuple[str, str]]:
     found = []
     for block in text.split("\n\n"):
         fields = dict(line.split(": ", 1) for line in block.splitlines() if ": " in line)
@@ -246,9 +251,25 @@ def test_an_event_stream_writes_each_tick_once_in_order_whichever_path_it_takes(
             await asyncio.sleep(0)
         hub.publish(one_step(4))  # nothing queued: direct again
 
-    found = stream_output(script, direct=direct)
+    found = sse_events(stream_output(script, direct=direct))
     # A's gseq in step k is 2k + 1. A notice goes out ahead of every tick still queued, so before step
     # 0 when all of them wait in the queue, and after it when step 0 was written directly.
     ticks = [("tick", str(2 * k + 1)) for k in range(5)]
     expected = [("scenario", ""), *ticks] if not direct else [ticks[0], ("scenario", ""), *ticks[1:]]
     assert found == expected
+
+
+def test_a_stream_fed_directly_sends_no_keep_alive_and_an_idle_one_does() -> None:
+    async def script(hub: Hub, refuse: list[bool]) -> None:
+        for step in range(15):  # 0.3 s of steps, every one written directly
+            hub.publish(one_step(step))
+            await asyncio.sleep(0.02)
+
+    busy = stream_output(script, direct=True, ping_seconds=0.1)
+    assert len(sse_events(busy)) == 15
+    assert ": ping" not in busy
+
+    async def idle(hub: Hub, refuse: list[bool]) -> None:
+        await asyncio.sleep(0.3)
+
+    assert ": ping" in stream_output(idle, direct=True, ping_seconds=0.1)

@@ -63,6 +63,7 @@ class EventStream(Response):
         self.shutdown = shutdown
         self.last = 0  #: the newest gseq written (or skipped as not watched)
         self.busy = True  #: the writer task is between two waits: publish must queue, not write
+        self.wrote = False  #: a chunk went out directly since the writer's wait began (no ping due)
         self._direct: DirectWrite | None = None
         super().__init__(status_code=200, media_type="text/event-stream")
 
@@ -77,6 +78,7 @@ class EventStream(Response):
             if not self._direct(chunk):
                 return False
             self.hub.sent_now += 1
+            self.wrote = True
         self.last = max(self.last, batch.last_gseq)
         return True
 
@@ -129,7 +131,7 @@ class EventStream(Response):
                 self.last = max(self.last, batch.last_gseq)
         sub.send_now = self._send_now
         while True:
-            self.busy = False
+            self.busy, self.wrote = False, False
             batches = await sub.get(self.ping_seconds)
             self.busy = True  # from here to the next wait, publish queues
             if sub.closed_reason is not None:
@@ -139,7 +141,7 @@ class EventStream(Response):
             if notices:
                 await write(b"".join(b"event: scenario\ndata: %s\n\n" % n for n in notices))
             if not batches:
-                if not notices:
+                if not notices and not self.wrote:  # an idle stream: tell proxies it is alive
                     await write(b": ping\n\n")
                 continue
             chunk = b"".join(b.sse_chunk(sub.symbols, self.last) for b in batches)
