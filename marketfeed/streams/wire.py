@@ -3,10 +3,10 @@ per-frame ASGI path.
 
 A server's frames are never masked (RFC 6455, section 5.1), so a frame is the same bytes for every
 client that watches the same symbols: a batch frames each of its texts once (`TickBatch.ws_wire`,
-`ticks.text_frame`) and
-the hub writes those bytes to each ready connection while it publishes. The ASGI way costs a task
-wake-up per client and a pass through Starlette, uvicorn and `websockets` per frame, which was most
-of the server's 30 us of CPU a frame at 1,000 clients (docs/performance.md, section 2).
+`ticks.text_frame`) and the hub writes those bytes to each ready connection while it publishes. The
+ASGI way costs a task wake-up per client and a pass through Starlette, uvicorn and `websockets` per
+frame, which was most of the server's 30 us of CPU a frame at 1,000 clients (docs/performance.md,
+section 2).
 
 `DirectWebSocketProtocol` is uvicorn's `websockets-sansio` protocol (what `--ws auto` picks) with
 one addition: the ASGI scope's extension `EXTENSION` holds `{"write": write}`, where `write(frame)`
