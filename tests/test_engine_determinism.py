@@ -115,14 +115,37 @@ def test_thread_count_does_not_change_the_paths(scheme: Scheme, jumps: bool) -> 
     assert_same_paths(one, concatenate([first, switched.paths(123)]))
 
 
-def test_an_assets_path_does_not_depend_on_the_others() -> None:
+def rough_universe(per_asset: bool) -> Universe:
+    """UNIVERSE with 20-factor rough kernels: one Hurst exponent for all, or 0.1, 0.2, 0.3 in turn."""
+    shared = UNIVERSE.with_hurst(0.1)
+    if not per_asset:
+        return shared
+    hursts = (0.1, 0.2, 0.3)
+    assets = tuple(dataclasses.replace(a, hurst=hursts[i % 3]) for i, a in enumerate(shared.assets))
+    return dataclasses.replace(shared, assets=assets)
+
+
+CASES = {
+    "qe-jumps": (UNIVERSE, Scheme.QE, True),
+    "euler": (UNIVERSE, Scheme.EULER, False),
+    "lifted": (rough_universe(per_asset=False), Scheme.LIFTED, False),
+    "lifted-per-asset": (rough_universe(per_asset=True), Scheme.LIFTED, False),
+}
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_an_assets_path_does_not_depend_on_the_others(case: str) -> None:
     # What makes a universe of identical assets a Monte Carlo sample: asset i's numbers are its own.
-    few = dataclasses.replace(UNIVERSE, assets=UNIVERSE.assets[:7])
+    # Seven assets are all remainder for the vector loops (the lifted scheme's 32-asset chunks too),
+    # so this also ties the remainder code to the code that steps whole blocks.
+    universe, scheme, jumps = CASES[case]
+    few = dataclasses.replace(universe, assets=universe.assets[:7])
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FellerConditionWarning)
-        alone = Simulator(few, dt=DT, seed=2, jumps=True).paths(100)
-    among = simulator(2, Scheme.QE, jumps=True).paths(100)
+        alone = Simulator(few, dt=DT, seed=2, scheme=scheme, jumps=jumps).paths(100)
+        among = Simulator(universe, dt=DT, seed=2, scheme=scheme, jumps=jumps).paths(100)
     assert np.array_equal(alone.prices, among.prices[:, :7])
+    assert np.array_equal(alone.variances, among.variances[:, :7])
 
 
 def test_an_assets_bits_do_not_depend_on_which_qe_loop_its_block_took() -> None:
