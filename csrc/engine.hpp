@@ -430,8 +430,9 @@ class Engine {
   // The lifted scheme's factor passes over assets [b, b + m): U_l' = e_l U_l + phi_l D, V += c_l U_l'.
   // One loop over the assets with the factors inside it, so V and D stay in registers across the
   // factors and only U_l is loaded and stored: a pass per factor loaded and stored V too, five memory
-  // operations per factor and asset instead of two, and on a VM whose two vCPUs share a core's load
-  // and store ports that made the second thread worth nothing (docs/performance.md, section 1).
+  // operations per factor and asset instead of two, and on a VM whose two vCPUs are likely two
+  // hardware threads of one core (sharing its load and store ports) that made the second thread worth
+  // nothing (docs/performance.md, section 1). Chunks of 8 and 64 assets were slower than 32.
   // kShared: every asset has the same kernel (one Hurst exponent), so its constants are scalars. V
   // sums the factors in the same order either way, so the same bits.
   template <bool kShared>
