@@ -9,7 +9,8 @@
 //                increment held in registers across the factors, so only the factors are streamed
 //   dependent    a chain of square roots and divisions per asset, like the QE step
 //
-//   g++ -O3 -march=native -fopenmp-simd -pthread bench/threads.cpp -o /tmp/threads && /tmp/threads [N]
+//   g++ -O3 -march=native -mprefer-vector-width=512 -fopenmp-simd -pthread bench/threads.cpp -o /tmp/threads && /tmp/threads [N]
+//   (512-bit vectors where the CPU has AVX-512, as the engine is built: see CMakeLists.txt)
 //
 // Prints million asset-steps per second, best of 5, for 1 and 2 threads, and the ratio.
 #include <algorithm>
