@@ -6,7 +6,6 @@ tests/test_engine_isa.py) with an optional path to another build of marketfeed._
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import importlib.util
 import json
@@ -28,25 +27,19 @@ def load_engine(path: str) -> None:
 
 
 def digests() -> dict[str, str]:
-    from test_engine_determinism import mixed_universe  # tests/ is this script's directory
+    from test_engine_determinism import mixed_universe, rough  # tests/ is this script's directory
 
     from marketfeed.engine import FellerConditionWarning, Scheme, Simulator
 
     # 600 assets: a full 512-asset block and a partial one (vector loops with remainders), every fifth
     # breaking Feller's condition, so QE takes its exponential branch as well as its quadratic one.
     universe = mixed_universe(600)
-    rough = dataclasses.replace(
-        universe,
-        assets=tuple(
-            dataclasses.replace(a, hurst=0.1 + 0.05 * (i % 3)) for i, a in enumerate(universe.assets)
-        ),
-    )
     modes = {
         "qe": (universe, Scheme.QE, False),
         "qe-jumps": (universe, Scheme.QE, True),
         "euler": (universe, Scheme.EULER, False),
-        "lifted": (universe.with_hurst(0.1), Scheme.LIFTED, False),  # one kernel shared by all assets
-        "lifted-per-asset": (rough, Scheme.LIFTED, False),  # a kernel per asset
+        "lifted": (rough(universe, per_asset=False), Scheme.LIFTED, False),
+        "lifted-per-asset": (rough(universe, per_asset=True), Scheme.LIFTED, False),
     }
     out = {}
     for name, (u, scheme, jumps) in modes.items():

@@ -115,21 +115,20 @@ def test_thread_count_does_not_change_the_paths(scheme: Scheme, jumps: bool) -> 
     assert_same_paths(one, concatenate([first, switched.paths(123)]))
 
 
-def rough_universe(per_asset: bool) -> Universe:
-    """UNIVERSE with 20-factor rough kernels: one Hurst exponent for all, or 0.1, 0.2, 0.3 in turn."""
-    shared = UNIVERSE.with_hurst(0.1)
+def rough(universe: Universe, *, per_asset: bool) -> Universe:
+    """`universe` with 20-factor rough kernels: H = 0.1 for every asset (one kernel shared by all), or
+    0.1, 0.15 and 0.2 in turn (a kernel per asset). tests/engine_digest.py digests both."""
     if not per_asset:
-        return shared
-    hursts = (0.1, 0.2, 0.3)
-    assets = tuple(dataclasses.replace(a, hurst=hursts[i % 3]) for i, a in enumerate(shared.assets))
-    return dataclasses.replace(shared, assets=assets)
+        return universe.with_hurst(0.1)
+    assets = tuple(dataclasses.replace(a, hurst=0.1 + 0.05 * (i % 3)) for i, a in enumerate(universe.assets))
+    return dataclasses.replace(universe, assets=assets)
 
 
 CASES = {
     "qe-jumps": (UNIVERSE, Scheme.QE, True),
     "euler": (UNIVERSE, Scheme.EULER, False),
-    "lifted": (rough_universe(per_asset=False), Scheme.LIFTED, False),
-    "lifted-per-asset": (rough_universe(per_asset=True), Scheme.LIFTED, False),
+    "lifted": (rough(UNIVERSE, per_asset=False), Scheme.LIFTED, False),
+    "lifted-per-asset": (rough(UNIVERSE, per_asset=True), Scheme.LIFTED, False),
 }
 
 
