@@ -64,6 +64,7 @@ pytest: setup-dev
 bench: setup-dev
 	$(BIN)/python bench/engine.py
 	$(CXX) -O3 -march=native $(WIDE) -fopenmp-simd -pthread bench/threads.cpp -o build/threads && build/threads
+	$(CXX) -std=c++20 -O3 -march=native $(WIDE) -fopenmp-simd -fno-math-errno -fno-trapping-math bench/divider.cpp -o build/divider && build/divider
 
 clean:
 	rm -rf $(VENV) build node_modules public/vendor
