@@ -13,7 +13,8 @@
 // Prints nanoseconds per asset-step for each, best of 5, and the bound they set. The engine draws a
 // block's numbers in one loop and then runs QE over it in another, so the divider's time adds to the
 // floor's: QE-M / floor <= floor / (floor + divider), even if the rest of QE's arithmetic were free.
-// (A QE loop that draws its own numbers, so the two might overlap, measured slower: docs/performance.md.)
+// (Drawing and stepping in one loop, so that the two might overlap, measured no faster on the CPU where
+// this bound is below 50%: docs/performance.md, section 1.)
 #include <algorithm>
 #include <chrono>
 #include <cmath>
